@@ -1,0 +1,118 @@
+"""GMDM checkpoints: plain tensors and metadata, loaded without executing code.
+
+A checkpoint is a ``torch.save`` dictionary of tensors, strings and numbers only, read back
+with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler refuses anything else
+(classes, functions, ``__reduce__`` payloads). Layout::
+
+    {"format": "gmdm-patch", "format_version": 1,
+     "filters": (J, a) tensor, "logits": (J, L) tensor,
+     "metadata": {"patch_size", "num_components", "gamma", "sigma0", "steps", "optimizer",
+                  "training_data", "version", ...},
+     "training": {...}}        # optional: optimiser and RNG state for ``gmdm train --resume``
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .model import PatchGMDM
+
+FORMAT = "gmdm-patch"
+FORMAT_VERSION = 1
+BUILTIN_MODELS = {"7x7": "gmdm-7x7.pt", "15x15": "gmdm-15x15.pt"}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable gmdm checkpoint; the message names the file."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | None = None,
+                    training: dict | None = None) -> None:
+    """Write ``model`` (and optionally training state) to ``path`` atomically."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "filters": model.filters.detach().cpu().clone(),
+        "logits": model.logits.detach().cpu().clone(),
+        "metadata": {
+            **(metadata or {}),
+            "patch_size": model.patch_size,
+            "num_components": model.num_components,
+            "gamma": model.gamma,
+            "sigma0": model.sigma0,
+            "version": __version__,
+        },
+    }
+    if training is not None:
+        payload["training"] = training
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dictionary at ``path``, validated; never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = "it contains Python objects other than tensors and plain data, refused for safety"
+        raise CheckpointError(f"{path}: not a gmdm checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a gmdm checkpoint (no '{FORMAT}' format tag)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format version {payload.get('format_version')!r}")
+    filters, logits = payload.get("filters"), payload.get("logits")
+    if not isinstance(filters, torch.Tensor) or not isinstance(logits, torch.Tensor):
+        raise CheckpointError(f"{path}: checkpoint lacks 'filters' or 'logits' tensors")
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: checkpoint lacks its metadata")
+    size = metadata.get("patch_size")
+    if (not isinstance(size, int) or filters.dim() != 2 or logits.dim() != 2
+            or filters.shape != (size**2 - 1, size**2) or logits.shape[0] != size**2 - 1
+            or logits.shape[1] != metadata.get("num_components")):
+        raise CheckpointError(f"{path}: tensor shapes {tuple(filters.shape)}, {tuple(logits.shape)} "
+                              f"do not match patch size {size!r} and {metadata.get('num_components')!r} components")
+    if not (torch.isfinite(filters).all() and torch.isfinite(logits).all()):
+        raise CheckpointError(f"{path}: checkpoint holds NaN or infinite parameters")
+    return payload
+
+
+def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM:
+    """A :class:`PatchGMDM` from a validated checkpoint dictionary."""
+    return PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype),
+                     gamma=float(payload["metadata"].get("gamma", 1.0)))
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """A built-in model name (``7x7``, ``15x15``) or a path, as a path to a checkpoint file."""
+    if str(name) in BUILTIN_MODELS:
+        path = Path(str(resources.files("gmdm_cli.models") / BUILTIN_MODELS[str(name)]))
+        if not path.is_file():
+            raise CheckpointError(f"built-in model '{name}' is not installed ({path} missing)")
+        return path
+    return Path(name)
+
+
+def load_model(name: str | os.PathLike = "7x7", device="cpu", dtype=torch.float32) -> PatchGMDM:
+    """Load a built-in model by name (``"7x7"``, ``"15x15"``) or a checkpoint file by path."""
+    payload = read_checkpoint(resolve_model_path(name))
+    return model_from_checkpoint(payload, dtype).to(device)

@@ -1,0 +1,244 @@
+"""The patch GMDM: a product of 1-D Gaussian-mixture experts on orthogonal filters.
+
+Zach, Pock, Kobler, Chambolle, "Explicit Diffusion of Gaussian Mixture Model Based Image
+Priors" (SSVM 2023), Sec. 3.1. Notation follows the paper:
+
+* a patch ``p`` has ``a = b*b`` pixels; ``J = a - 1`` zero-mean, pairwise orthogonal filters
+  ``k_j`` (rows of ``filters``, shape ``(J, a)``);
+* expert ``j`` is the mixture ``psi_j(z, t) = sum_l w_jl N(z; mu_l, sigma_j^2(t))`` (Eq. 6) on the
+  response ``z = <k_j, p>``, with ``L`` equidistant means on ``[-gamma, gamma]``, shared
+  ``sigma_0 = 2 gamma / (L - 1)`` and weights ``w_j = softmax(zeta_j)`` (``logits``);
+* diffusion to time ``t`` (noise level ``sigma = sqrt(2 t)``) only widens the components:
+  ``sigma_j^2(t) = sigma_0^2 + 2 t ||k_j||^2`` (Theorem 2).
+
+Everything below works on batches of responses with the filter index in dimension 1:
+``(N, J)`` for patches, ``(N, J, H, W)`` for the "valid" convolution of whole images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Largest number of (response, component) pairs evaluated at once; bounds the memory of
+# the (..., L) mixture tensor for whole images (about 64 MB in float32).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def time_from_sigma(sigma):
+    """Diffusion time of noise level ``sigma`` (0-1 scale): ``Y_t = X + sqrt(2t) N``."""
+    return sigma**2 / 2
+
+
+def initial_logits(num_components: int, gamma: float = 1.0, alpha: float = 1000.0) -> torch.Tensor:
+    """Sec. 4.1: ``zeta_jl = 0.1 sqrt(alpha) / (1 + alpha mu_l^2)``, one row (broadcast over j)."""
+    means = torch.linspace(-gamma, gamma, num_components, dtype=torch.float64)
+    return 0.1 * math.sqrt(alpha) / (1 + alpha * means**2)
+
+
+class PatchGMDM(torch.nn.Module):
+    """GMDM on ``b x b`` patches (Eq. 5): parameters ``filters`` ``(J, a)`` and ``logits`` ``(J, L)``."""
+
+    def __init__(self, filters: torch.Tensor, logits: torch.Tensor, gamma: float = 1.0):
+        super().__init__()
+        num_filters, patch_pixels = filters.shape
+        if logits.shape[0] != num_filters:
+            raise ValueError(f"{num_filters} filters but {logits.shape[0]} rows of logits")
+        self.patch_size = math.isqrt(patch_pixels)
+        if self.patch_size**2 != patch_pixels:
+            raise ValueError(f"filters of {patch_pixels} pixels are not square patches")
+        self.gamma = float(gamma)
+        self.filters = torch.nn.Parameter(filters.clone())
+        self.logits = torch.nn.Parameter(logits.clone())
+        num_components = logits.shape[1]
+        self.register_buffer("means", torch.linspace(-gamma, gamma, num_components, dtype=logits.dtype))
+
+    @classmethod
+    def initial(cls, patch_size: int = 7, num_components: int = 125, gamma: float = 1.0,
+                generator: torch.Generator | None = None, dtype=torch.float32) -> "PatchGMDM":
+        """Sec. 4.1 initialisation: i.i.d. N(0, 1/b^2) filter entries, peaked logits."""
+        if patch_size < 2:
+            raise ValueError("patch size must be at least 2")
+        pixels = patch_size**2
+        filters = torch.randn(pixels - 1, pixels, generator=generator, dtype=torch.float64) / patch_size
+        logits = initial_logits(num_components, gamma).expand(pixels - 1, -1)
+        return cls(filters.to(dtype), logits.to(dtype), gamma)
+
+    @property
+    def num_components(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def sigma0(self) -> float:
+        """Shared component standard deviation ``sigma_0 = 2 gamma / (L - 1)`` (Sec. 4.1)."""
+        return 2 * self.gamma / (self.num_components - 1)
+
+    def kernels(self) -> torch.Tensor:
+        """Filters as convolution kernels, ``(J, 1, b, b)``."""
+        b = self.patch_size
+        return self.filters.view(-1, 1, b, b)
+
+    def expert_variances(self, t, ndim: int = 2) -> torch.Tensor:
+        """``sigma_j^2(t) = sigma_0^2 + 2 t ||k_j||^2`` (Theorem 2).
+
+        ``t`` is a number, a tensor ``(N,)`` (one time per sample) or a tensor broadcastable to
+        ``(N, 1, *spatial)`` (one time per patch). The result broadcasts against responses with
+        ``ndim`` dimensions, filter index in dimension 1.
+        """
+        norms2 = self.filters.pow(2).sum(1).view(-1, *([1] * (ndim - 2)))  # (J, 1, ...)
+        t = torch.as_tensor(t, dtype=self.filters.dtype, device=self.filters.device)
+        if t.dim() == 1:
+            t = t.view(-1, *([1] * (ndim - 1)))
+        return self.sigma0**2 + 2 * t * norms2
+
+    def log_normaliser(self) -> torch.Tensor:
+        """``log Z^{-1} = sum_j log ||k_j||``: Jacobian of ``p -> (<k_j, p>)_j`` on the zero-mean
+        subspace for orthogonal filters (the paper's Corollary 2.1 prints ``||k_j||^2``; the
+        numerical integration in the tests confirms the first power)."""
+        return self.filters.pow(2).sum(1).log().sum() / 2
+
+
+def _log_mixture(z: torch.Tensor, variances: torch.Tensor, log_weights: torch.Tensor,
+                 means: torch.Tensor) -> torch.Tensor:
+    """``logsumexp_l(log w_jl - (z - mu_l)^2 / (2 v))`` for ``z, v`` of shape ``(J, m)``."""
+    logits = log_weights[:, None, :] - (z[..., None] - means) ** 2 / (2 * variances[..., None])
+    return torch.logsumexp(logits, dim=-1)
+
+
+def _posterior(z: torch.Tensor, variances: torch.Tensor, log_weights: torch.Tensor,
+               means: torch.Tensor) -> torch.Tensor:
+    """Component posteriors ``gamma_jl(z) = softmax_l(log w_jl - (z - mu_l)^2 / (2 v))``, ``(J, m, L)``.
+
+    The term ``-z^2 / (2 v)`` is the same for every ``l`` and drops out of the softmax, leaving
+    ``log w_jl + (z / v) mu_l - mu_l^2 / (2 v)``: one batched matrix product
+    ``[1, z/v, -1/(2v)] @ [log w_j; mu; mu^2]`` instead of several passes over ``(J, m, L)``.
+    """
+    num_filters = log_weights.shape[0]
+    coefficients = torch.stack([torch.ones_like(z), z / variances, -0.5 / variances], -1)  # (J, m, 3)
+    basis = torch.stack([log_weights, means.expand_as(log_weights), (means**2).expand_as(log_weights)], 1)
+    return torch.softmax(torch.bmm(coefficients, basis.view(num_filters, 3, -1)), dim=-1)
+
+
+class _PosteriorMean(torch.autograd.Function):
+    """``m_j(z, v) = sum_l gamma_jl mu_l`` with hand-written derivatives, so that training never
+    keeps the autograd graph of the ``(J, m, L)`` mixture tensor:
+
+    * ``dm/dz = Var_gamma(mu) / v``,
+    * ``dm/dv = Cov_gamma(mu, (z - mu)^2) / (2 v^2)``,
+    * ``dm/d log w_l = gamma_l (mu_l - m)``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, variances, log_weights, means):
+        posterior = _posterior(z, variances, log_weights, means)
+        powers = torch.stack([means, means**2, means**3], 1)  # (L, 3)
+        moments = posterior @ powers  # (J, m, 3): E[mu], E[mu^2], E[mu^3]
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(z, variances, means, posterior, moments)
+        return moments[..., 0]
+
+    @staticmethod
+    def backward(ctx, grad_mean):
+        z, variances, means, posterior, moments = ctx.saved_tensors
+        m1, m2, m3 = moments.unbind(-1)
+        var_mu = m2 - m1**2
+        # Cov(mu, (z - mu)^2) = -2 z Var(mu) + Cov(mu, mu^2) = -2 z Var(mu) + E[mu^3] - m1 E[mu^2]
+        cov = -2 * z * var_mu + m3 - m1 * m2
+        grad_z = grad_mean * var_mu / variances
+        grad_v = grad_mean * cov / (2 * variances**2)
+        # sum over samples of g * gamma_l * (mu_l - m): (J, 2, m) @ (J, m, L) -> (J, 2, L)
+        weighted = torch.stack([grad_mean, grad_mean * m1], 1) @ posterior
+        grad_log_weights = weighted[:, 0] * means - weighted[:, 1]
+        return grad_z, grad_v, grad_log_weights, None
+
+
+def _over_chunks(function, z: torch.Tensor, variances: torch.Tensor, num_components: int) -> torch.Tensor:
+    """Apply ``function(z, v)`` on ``(J, m)`` slices of responses with the filter index in
+    dimension 1 (``variances`` broadcasts against ``z``), so that no more than
+    ``_CHUNK_ELEMENTS`` mixture terms exist at once; result shaped like ``z``."""
+    shape = z.shape
+    num_filters = shape[1]
+    z_flat = z.movedim(1, 0).reshape(num_filters, -1)  # (J, M)
+    v_flat = variances.expand(shape).movedim(1, 0).reshape(num_filters, -1)
+    chunk = max(1, _CHUNK_ELEMENTS // (num_filters * num_components))
+    parts = [function(z_flat[:, i:i + chunk], v_flat[:, i:i + chunk]) for i in range(0, z_flat.shape[1], chunk)]
+    return torch.cat(parts, 1).view(num_filters, *shape[:1], *shape[2:]).movedim(0, 1)
+
+
+def expert_log_density(model: PatchGMDM, z: torch.Tensor, t) -> torch.Tensor:
+    """``log psi_j(z, t)`` (Eq. 6 at time t), same shape as ``z``."""
+    variances = model.expert_variances(t, z.dim())
+    log_weights = torch.log_softmax(model.logits, dim=1)
+    lse = _over_chunks(lambda zc, vc: _log_mixture(zc, vc, log_weights, model.means),
+                       z, variances, model.num_components)
+    return lse - 0.5 * torch.log(2 * math.pi * variances)
+
+
+def expert_score(model: PatchGMDM, z: torch.Tensor, t) -> torch.Tensor:
+    """``d/dz log psi_j(z, t) = (sum_l gamma_jl(z) mu_l - z) / sigma_j^2(t)``, same shape as ``z``."""
+    variances = model.expert_variances(t, z.dim())
+    log_weights = torch.log_softmax(model.logits, dim=1)
+    mean = _over_chunks(lambda zc, vc: _PosteriorMean.apply(zc, vc, log_weights, model.means),
+                        z, variances, model.num_components)
+    return (mean - z) / variances
+
+
+# --- patches ------------------------------------------------------------------------------
+
+def patch_energy(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:
+    """Normalised ``-log f(p, t)`` of patches ``(N, a)`` (Eq. 5), on the zero-mean subspace."""
+    z = patches @ model.filters.T  # (N, J)
+    return -expert_log_density(model, z, t).sum(1) - model.log_normaliser()
+
+
+def patch_score(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:
+    """``grad_p log f(p, t) = sum_j k_j psi_j'/psi_j(<k_j, p>, t)`` for patches ``(N, a)``."""
+    z = patches @ model.filters.T
+    return expert_score(model, z, t) @ model.filters
+
+
+def patch_tweedie(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:
+    """Empirical Bayes estimate ``p + 2t grad log f(p, t)`` (Eq. 3, ``sigma^2 = 2t``)."""
+    t = torch.as_tensor(t, dtype=patches.dtype, device=patches.device)
+    sigma2 = 2 * (t[:, None] if t.dim() == 1 else t)
+    return patches + sigma2 * patch_score(model, patches, t)
+
+
+# --- whole images ---------------------------------------------------------------------------
+
+def image_responses(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
+    """Responses of every overlapping patch: ``conv2d`` "valid", ``(N, 1, H, W) -> (N, J, H-b+1, W-b+1)``.
+
+    ``conv2d`` is a correlation, so channel ``j`` at ``(r, c)`` is ``<k_j, P_(r,c) x>``.
+    """
+    return F.conv2d(images, model.kernels())
+
+
+def image_patch_energy(model: PatchGMDM, images: torch.Tensor, t) -> torch.Tensor:
+    """``-log f(P_i x, t)`` of every overlapping patch, ``(N, H-b+1, W-b+1)``.
+
+    ``t`` may be a number, one value per image ``(N,)`` or one per patch ``(N, 1, H-b+1, W-b+1)``.
+    """
+    z = image_responses(model, images)
+    return -expert_log_density(model, z, t).sum(1) - model.log_normaliser()
+
+
+def image_patch_scores(model: PatchGMDM, images: torch.Tensor, t) -> torch.Tensor:
+    """Expert scores of every overlapping patch, ``(N, J, H-b+1, W-b+1)``."""
+    return expert_score(model, image_responses(model, images), t)
+
+
+def patch_adjoint(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_i P_i^T sum_j k_j c_ij``: ``conv_transpose2d``, ``(N, J, h, w) -> (N, 1, h+b-1, w+b-1)``."""
+    return F.conv_transpose2d(coefficients, model.kernels())
+
+
+def patch_counts(shape: tuple[int, int], patch_size: int, like: torch.Tensor) -> torch.Tensor:
+    """``C = sum_i P_i^T P_i 1``: how many "valid" patches cover each pixel, ``(1, 1, H, W)``."""
+    height, width = shape
+    ones = torch.ones(1, 1, height - patch_size + 1, width - patch_size + 1,
+                      dtype=like.dtype, device=like.device)
+    box = torch.ones(1, 1, patch_size, patch_size, dtype=like.dtype, device=like.device)
+    return F.conv_transpose2d(ones, box)

@@ -1,0 +1,139 @@
+"""The gmdm command line, with click's CliRunner and as a real subprocess."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import random_model
+from gmdm_cli.checkpoint import save_checkpoint
+from gmdm_cli.cli import cli
+
+
+def _psnr(estimate, clean):
+    return 10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2))
+
+
+@pytest.fixture
+def noisy_png(tmp_path, camera):
+    import imageio.v3 as iio
+
+    noisy = camera + 25 / 255 * np.random.default_rng(0).standard_normal(camera.shape)
+    path = tmp_path / "noisy.png"
+    iio.imwrite(path, np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8))
+    return path
+
+
+def test_denoise_subprocess_improves_psnr(tmp_path, camera, noisy_png):
+    """The installed entry point, run for real, on a noisy crop of skimage's camera."""
+    import imageio.v3 as iio
+
+    output = tmp_path / "out.png"
+    result = subprocess.run(["gmdm", "denoise", str(noisy_png), "-o", str(output), "--sigma", "25",
+                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    noisy = iio.imread(noisy_png) / 255
+    denoised = iio.imread(output)
+    assert denoised.dtype == np.uint8 and denoised.shape == camera.shape
+    assert _psnr(denoised / 255, camera) > _psnr(noisy, camera) + 4
+
+
+def test_denoise_writes_float_outputs_unclipped(tmp_path, camera):
+    noisy = camera + 0.1 * np.random.default_rng(1).standard_normal(camera.shape)
+    np.save(tmp_path / "noisy.npy", noisy)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "--output-dir", str(tmp_path / "out"),
+                                 "--sigma", "25.5"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "--output-dir", str(tmp_path / "out"),
+                                 "--sigma", "25.5"])
+    assert result.exit_code == 0, result.output
+    denoised = np.load(tmp_path / "out" / "noisy.npy")
+    assert denoised.dtype == np.float32
+    assert _psnr(denoised, camera) > _psnr(noisy, camera) + 4
+    assert denoised.min() < 0 or denoised.max() > 1  # no clipping of float outputs
+
+
+def test_denoise_several_inputs_keep_names_and_bit_depth(tmp_path, camera):
+    import imageio.v3 as iio
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", np.round(camera * 65535).astype(np.uint16))
+    iio.imwrite(folder / "b.tif", camera.astype(np.float32))
+    (tmp_path / "out").mkdir()
+    result = CliRunner().invoke(cli, ["denoise", str(folder / "a.png"), str(folder / "b.tif"),
+                                      "--output-dir", str(tmp_path / "out"), "--sigma", "10"])
+    assert result.exit_code == 0, result.output
+    assert iio.imread(tmp_path / "out" / "a.png").dtype == np.uint16
+    assert iio.imread(tmp_path / "out" / "b.tif").dtype == np.float32
+
+
+def test_train_then_denoise_with_the_trained_checkpoint(tmp_path):
+    from test_train import _synthetic_images, _write_images
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    checkpoint = tmp_path / "tiny.pt"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(folder), "-o", str(checkpoint), "--patch-size", "3", "--steps", "20",
+                                 "--batch-size", "128", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "20 steps" in result.output
+    result = runner.invoke(cli, ["train", str(folder), "-o", str(checkpoint), "--patch-size", "3", "--steps", "30",
+                                 "--resume"])
+    assert result.exit_code == 0, result.output and "30 steps" in result.output
+    result = runner.invoke(cli, ["denoise", str(folder / "img0.png"), "-o", str(tmp_path / "d.png"),
+                                 "--sigma", "20", "--model", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d.png").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["denoise", "missing.png", "-o", "x.png", "--sigma", "25"], "no such file"),
+    (["denoise", "notimage.png", "-o", "x.png", "--sigma", "25"], "cannot read image"),
+    (["denoise", "noisy.png", "-o", "noisy.png", "--sigma", "25"], "refusing to overwrite the input"),
+    (["denoise", "noisy.png", "-o", "exists.png", "--sigma", "25"], "exists"),
+    (["denoise", "noisy.png", "-o", "x.png", "--sigma", "25", "--model", "notimage.png"], "not a gmdm checkpoint"),
+    (["denoise", "noisy.png", "-o", "x.png", "--sigma", "25", "--model", "nomodel.pt"], "no such checkpoint"),
+    (["denoise", "noisy.png", "-o", "x.xyz", "--sigma", "25"], "unknown output format"),
+    (["denoise", "tiny.png", "-o", "x.png", "--sigma", "25"], "smaller than"),
+    (["train", "emptydir", "-o", "m.pt", "--steps", "1"], "no images"),
+    (["train", "emptydir", "-o", "exists.png", "--steps", "1"], "exists"),
+])
+def test_bad_input_gives_one_line_error_and_no_output(tmp_path, noisy_png, arguments, message, monkeypatch):
+    import imageio.v3 as iio
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notimage.png").write_text("this is not an image")
+    (tmp_path / "exists.png").write_bytes(b"keep me")
+    (tmp_path / "emptydir").mkdir()
+    iio.imwrite(tmp_path / "tiny.png", np.zeros((3, 3), dtype=np.uint8))
+    before = noisy_png.read_bytes()
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert result.output.strip().startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "m.pt").exists()
+    assert (tmp_path / "exists.png").read_bytes() == b"keep me" and noisy_png.read_bytes() == before
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("arguments", [
+    ["denoise", "a.png", "--sigma", "25"],
+    ["denoise", "a.png", "b.png", "-o", "x.png", "--sigma", "25"],
+    ["denoise", "a.png", "-o", "x.png", "--sigma", "-3"],
+    ["denoise", "a.png", "-o", "x.png"],
+    ["denoise", "a.png", "-o", "x.png", "--sigma", "25", "--method", "bm3d"],
+])
+def test_usage_errors_exit_with_2(arguments):
+    assert CliRunner().invoke(cli, arguments).exit_code == 2
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from gmdm_cli.cli import cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
