@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model, read_checkpoint, resolve_model_path
-from gmdm_cli.denoise import METHODS, denoise_array, psnr
+from gmdm_cli.denoise import BOUNDARIES, METHODS, denoise_array, psnr
 from gmdm_cli.image_io import read_image
 from gmdm_cli.train import find_images
 
@@ -34,14 +34,15 @@ PAPER = {
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
 
 
-def evaluate(model, method: str, images: list[np.ndarray], sigma: float, seed: int) -> tuple[float, float]:
+def evaluate(model, method: str, images: list[np.ndarray], sigma: float, seed: int,
+             boundary: str = "valid") -> tuple[float, float]:
     """Mean PSNR of the noisy images and of their estimates at ``sigma`` (0-255 scale)."""
     noisy_psnr, denoised_psnr = [], []
     for index, clean in enumerate(images):
         rng = np.random.default_rng(seed + index)
         noisy = clean + sigma / 255 * rng.standard_normal(clean.shape)
         noisy_psnr.append(psnr(noisy, clean))
-        denoised_psnr.append(psnr(denoise_array(model, noisy, sigma / 255, method), clean))
+        denoised_psnr.append(psnr(denoise_array(model, noisy, sigma / 255, method, boundary), clean))
     return float(np.mean(noisy_psnr)), float(np.mean(denoised_psnr))
 
 
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="7x7", help="built-in model name or checkpoint path")
     parser.add_argument("--method", default="ebpa", choices=METHODS)
+    parser.add_argument("--boundary", default="valid", choices=BOUNDARIES)
     parser.add_argument("--sigmas", default="15,25,50,100", help="comma-separated, 0-255 scale")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of clean test images")
     parser.add_argument("--limit", type=int, help="use only the first N images")
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     rows = []
     started = time.perf_counter()
     for sigma in sigmas:
-        noisy, denoised = evaluate(model, args.method, images, sigma, args.seed)
+        noisy, denoised = evaluate(model, args.method, images, sigma, args.seed, args.boundary)
         reference = paper.get(int(sigma)) if sigma == int(sigma) else None
         rows.append((sigma, noisy, denoised, reference))
         print(f"sigma {sigma:g}: noisy {noisy:.2f} dB, {args.method} {denoised:.2f} dB"
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
 
     lines = [
-        f"{args.method.upper()} {model.patch_size}x{model.patch_size} on {args.data.name} "
+        f"{args.method.upper()} {model.patch_size}x{model.patch_size} ({args.boundary} boundary) on {args.data.name} "
         f"({len(images)} images), model {args.model} ({metadata.get('steps', '?')} training steps)",
         "",
         "| sigma | noisy PSNR | GMDM (this) | paper Table 1 | difference |",

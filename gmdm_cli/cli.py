@@ -34,6 +34,27 @@ def _load_model(name: str, device):
         raise click.ClickException(str(error)) from None
 
 
+def _check_target(target: Path, overwrite: bool, inputs=()) -> None:
+    """Refuse to overwrite an input ever, or an existing file without --overwrite."""
+    if target.exists() and any(target.resolve() == Path(path).resolve() for path in inputs):
+        raise click.ClickException(f"{target}: refusing to overwrite the input")
+    if target.exists() and not overwrite:
+        raise click.ClickException(f"{target}: exists (use --overwrite to replace it)")
+    if not (target.parent if str(target.parent) else Path(".")).is_dir():
+        raise click.ClickException(f"{target}: folder {target.parent} does not exist")
+
+
+def _sigmas(text: str) -> list[float]:
+    """Comma-separated noise levels on the 0-255 scale."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers") from None
+    if not values or any(not 0 <= v <= 255 for v in values):
+        raise click.BadParameter(f"'{text}': noise levels must lie in [0, 255]")
+    return values
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gmdm-cli", prog_name="gmdm")
 def cli():
@@ -91,11 +112,13 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
               help="Noise standard deviation on the 0-255 scale.")
 @click.option("--method", type=click.Choice(["ebpa"]), default="ebpa", show_default=True,
               help="ebpa: empirical-Bayes patch averaging.")
+@click.option("--boundary", type=click.Choice(["valid", "reflect"]), default="valid", show_default=True,
+              help="valid: patches inside the image only (the paper); reflect: mirror the border first.")
 @click.option("--model", "model_name", default="7x7", show_default=True,
               help="Built-in model (7x7, 15x15) or a checkpoint path.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def denoise(inputs, output, output_dir, sigma, method, model_name, device, overwrite):
+def denoise(inputs, output, output_dir, sigma, method, boundary, model_name, device, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG or .npy) corrupted by Gaussian noise of known sigma."""
     from .denoise import denoise_array
     from .image_io import ImageError, read_image, write_image
@@ -107,17 +130,14 @@ def denoise(inputs, output, output_dir, sigma, method, model_name, device, overw
     targets = [output] if output is not None else [output_dir / path.name for path in inputs]
     if output_dir is not None and not output_dir.is_dir():
         raise click.ClickException(f"{output_dir}: output folder does not exist")
-    for path, target in zip(inputs, targets):
-        if target.exists() and target.resolve() == path.resolve():
-            raise click.ClickException(f"{target}: refusing to overwrite the input")
-        if target.exists() and not overwrite:
-            raise click.ClickException(f"{target}: exists (use --overwrite to replace it)")
+    for target in targets:
+        _check_target(target, overwrite, inputs)
     model = _load_model(model_name, _device(device))
     for path, target in zip(inputs, targets):
         try:
             image, info = read_image(path)
             started = time.perf_counter()
-            result = denoise_array(model, image, sigma / 255, method)
+            result = denoise_array(model, image, sigma / 255, method, boundary)
             write_image(target, result, dtype=info.dtype)
         except (ImageError, ValueError) as error:
             raise click.ClickException(str(error)) from None
@@ -158,6 +178,111 @@ def demo(image, sigma, seed, model_name, device, output_dir):
         for name, array in (("clean", clean), ("noisy", noisy), ("denoised", denoised)):
             write_image(output_dir / f"{name}.png", array)
         click.echo(f"wrote clean.png, noisy.png, denoised.png to {output_dir}", err=True)
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help=".png: a tiled grid (every patch stretched to [0, 1]); .npy: the raw float values.")
+@click.option("--model", "model_name", default="7x7", show_default=True,
+              help="Built-in model (7x7, 15x15) or a checkpoint path.")
+@click.option("--sigma", "sigma_text", default="0", show_default=True,
+              help="Noise level(s) of the patches, 0-255 scale; comma-separated for one grid row block each "
+                   "(Fig. 2). With --size: the last level of the annealing schedule (default 2.55).")
+@click.option("-n", "count", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Patches (or images, with --size) per noise level.")
+@click.option("--size", help="Sample whole images of HEIGHTxWIDTH by annealed Langevin dynamics instead.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
+              help="Langevin updates per noise level (with --size).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def sample(output, model_name, sigma_text, count, size, steps, seed, device, overwrite):
+    """Draw patches exactly from the model (Corollary 2.1), or whole images by annealed Langevin."""
+    import numpy as np
+    import torch
+
+    from .diagnostics import patch_grid
+    from .image_io import ImageError, write_image
+    from .sample import langevin_schedule, sample_image, sample_patches
+
+    sigmas = _sigmas(sigma_text)
+    if output.suffix.lower() not in (".png", ".npy"):
+        raise click.BadParameter("the output must end in .png or .npy", param_hint="-o/--output")
+    _check_target(output, overwrite)
+    model = _load_model(model_name, _device(device))
+    generator = torch.Generator(device=model.filters.device).manual_seed(seed)
+    if size is None:
+        draws = np.stack([sample_patches(model, count, s / 255, generator).double().cpu().numpy() for s in sigmas])
+        array = draws[0] if len(sigmas) == 1 else draws  # (N, b, b) or (levels, N, b, b)
+        columns = int(np.ceil(np.sqrt(count)))
+        image = np.concatenate([np.pad(patch_grid(block, columns), ((0, 2), (0, 0)), constant_values=1)
+                                for block in draws])[:-2]
+    else:
+        try:
+            height, width = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"'{size}' is not HEIGHTxWIDTH", param_hint="--size") from None
+        if min(height, width) < model.patch_size or height * width > 4096 * 4096:
+            raise click.BadParameter(f"{size}: each side at least {model.patch_size}, at most 16 Mpixel",
+                                     param_hint="--size")
+        schedule = langevin_schedule(0.4, max(sigmas[-1], 2.55) / 255)
+        array = sample_image(model, height, width, count, generator, schedule, steps)[:, 0].double().cpu().numpy()
+        image = np.concatenate([np.pad(a, ((0, 0), (0, 2)), constant_values=1) for a in array], axis=1)[:, :-2]
+        image = np.clip(image, 0, 1)
+    zoom = max(1, 512 // max(image.shape))  # small grids are enlarged (nearest neighbour) for viewing
+    image = np.kron(image, np.ones((zoom, zoom)))
+    try:
+        write_image(output, array if output.suffix.lower() == ".npy" else image)
+    except ImageError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Figure to write (.png, .pdf or .svg).")
+@click.option("--images", "image_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of images: adds their empirical response marginals and prints the NMSE.")
+@click.option("--sigmas", "sigma_text", default="0,12.75,25.5,51", show_default=True,
+              help="Noise levels (0-255 scale) of the potentials and marginals.")
+@click.option("--patches", default=100_000, show_default=True, type=click.IntRange(100),
+              help="Random patches drawn from --images.")
+@click.option("--max-filters", default=48, show_default=True, type=click.IntRange(1),
+              help="Show the experts of the largest filter norms, at most this many.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, seed, overwrite):
+    """Plot MODEL's filters and potentials (Fig. 1); with --images, its fit to their statistics."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException("gmdm inspect needs matplotlib: pip install 'gmdm-cli[plots]'") from None
+    import torch
+
+    from .diagnostics import KAPPAS, inspect_figure, nmse
+    from .train import PatchSampler, TrainingDataError, find_images, load_training_images
+
+    sigmas = [s / 255 for s in _sigmas(sigma_text)]
+    _check_target(output, overwrite)
+    model = _load_model(model_name, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    samples = None
+    if image_dir is not None:
+        try:
+            images = load_training_images(find_images([image_dir]), model.patch_size)
+        except TrainingDataError as error:
+            raise click.ClickException(str(error)) from None
+        samples = PatchSampler(images, model.patch_size).sample(patches, generator).to(model.filters.dtype)
+        click.echo("sigma (0-255)  " + "  ".join(f"NMSE k={k:<6g}" for k in KAPPAS))
+        for sigma in sigmas:
+            errors = nmse(model, samples, sigma, generator=generator)
+            click.echo(f"{255 * sigma:13g}  " + "  ".join(f"{errors[k]:12.4f}" for k in KAPPAS))
+    try:
+        inspect_figure(model, output, sigmas, samples, max_filters, generator)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"{output}: cannot write figure ({str(error).splitlines()[0]})") from None
+    click.echo(f"wrote {output}", err=True)
 
 
 def main():

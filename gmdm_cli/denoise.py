@@ -12,8 +12,9 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .model import PatchGMDM, image_patch_scores, patch_adjoint, patch_counts, time_from_sigma
+from .model import PatchGMDM, image_patch_scores, patch_average, time_from_sigma
 
 
 def _as_batch(image: torch.Tensor) -> torch.Tensor:
@@ -25,21 +26,37 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected an (H, W) or (N, 1, H, W) image tensor, got shape {tuple(image.shape)}")
 
 
-def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma) -> torch.Tensor:
-    """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
-    ``sigma`` (same scale): a number, or one value per patch ``(N, 1, H-b+1, W-b+1)``.
+BOUNDARIES = ("valid", "reflect")
 
+
+def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid") -> torch.Tensor:
+    """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
+    ``sigma`` (same scale): a number, or, with ``boundary="valid"``, one value per patch
+    ``(N, 1, H-b+1, W-b+1)``.
+
+    ``boundary="valid"`` uses the patches inside the image only (the paper's setting: pixels
+    near the border are covered by fewer patches); ``"reflect"`` mirrors the image by ``b - 1``
+    pixels first, so every pixel is covered by ``b^2`` patches, and crops the result.
     Returns a tensor shaped like ``noisy``; not clipped.
     """
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"unknown boundary '{boundary}' (choose from {', '.join(BOUNDARIES)})")
     batch = _as_batch(noisy)
     b = model.patch_size
-    if min(batch.shape[-2:]) < b:
-        raise ValueError(f"image of {batch.shape[-1]}x{batch.shape[-2]} pixels is smaller than the "
+    height, width = batch.shape[-2:]
+    if min(height, width) < b:
+        raise ValueError(f"image of {width}x{height} pixels is smaller than the "
                          f"{b}x{b} patches of the model")
     sigma = torch.as_tensor(sigma, dtype=batch.dtype, device=batch.device)
+    if boundary == "reflect":
+        if sigma.dim() > 0:
+            raise ValueError("boundary 'reflect' takes a single sigma, not a per-patch map")
+        pad = min(b - 1, height - 1, width - 1)  # reflection needs pad < size
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+        estimate = ebpa(model, padded, sigma)[..., pad:pad + height, pad:pad + width]
+        return estimate.reshape(noisy.shape)
     scores = image_patch_scores(model, batch, time_from_sigma(sigma))  # (N, J, H-b+1, W-b+1)
-    counts = patch_counts(batch.shape[-2:], b, batch)
-    estimate = batch + patch_adjoint(model, sigma**2 * scores) / counts
+    estimate = batch + patch_average(model, sigma**2 * scores)
     return estimate.view_as(noisy)
 
 
@@ -53,7 +70,7 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
-def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa"):
+def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa", boundary: str = "valid"):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
     Gray ``(H, W)`` images are denoised directly; colour ``(H, W, 3|4)`` images channel by
@@ -69,7 +86,7 @@ def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa"):
     colour = channels.shape[-1] if channels.shape[-1] != 4 else 3
     stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype, device=device)
     with torch.no_grad():
-        result = ebpa(model, stack, sigma)
+        result = ebpa(model, stack, sigma, boundary)
     output = np.array(channels, dtype=np.float64)
     output[..., :colour] = np.moveaxis(result[:, 0].double().cpu().numpy(), 0, -1)
     return output[..., 0] if image.ndim == 2 else output

@@ -230,15 +230,16 @@ def image_patch_scores(model: PatchGMDM, images: torch.Tensor, t) -> torch.Tenso
     return expert_score(model, image_responses(model, images), t)
 
 
-def patch_adjoint(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
-    """``sum_i P_i^T sum_j k_j c_ij``: ``conv_transpose2d``, ``(N, J, h, w) -> (N, 1, h+b-1, w+b-1)``."""
-    return F.conv_transpose2d(coefficients, model.kernels())
+def patch_average(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
+    """``(1/C) sum_i P_i^T sum_j k_j c_ij``: put every patch's filter combination back in place and
+    divide by ``C``, the number of patches covering each pixel.
 
-
-def patch_counts(shape: tuple[int, int], patch_size: int, like: torch.Tensor) -> torch.Tensor:
-    """``C = sum_i P_i^T P_i 1``: how many "valid" patches cover each pixel, ``(1, 1, H, W)``."""
-    height, width = shape
-    ones = torch.ones(1, 1, height - patch_size + 1, width - patch_size + 1,
-                      dtype=like.dtype, device=like.device)
-    box = torch.ones(1, 1, patch_size, patch_size, dtype=like.dtype, device=like.device)
-    return F.conv_transpose2d(ones, box)
+    ``(N, J, h, w) -> (N, 1, h+b-1, w+b-1)``; ``conv_transpose2d`` is the adjoint of the "valid"
+    ``conv2d`` of :func:`image_responses`. With ``c_ij = sigma_i^2 dlog psi_j`` this is the EB-PA
+    correction; with ``c_ij = dlog psi_j`` the patch-averaged score of a whole image.
+    """
+    b = model.patch_size
+    summed = F.conv_transpose2d(coefficients, model.kernels())
+    ones = coefficients.new_ones(1, 1, *coefficients.shape[-2:])
+    counts = F.conv_transpose2d(ones, coefficients.new_ones(1, 1, b, b))
+    return summed / counts

@@ -137,3 +137,37 @@ def test_usage_errors_exit_with_2(arguments):
 def test_help_does_not_import_torch():
     code = "import sys; from gmdm_cli.cli import cli; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sample_writes_patch_grids_and_arrays(tmp_path):
+    import imageio.v3 as iio
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["sample", "-o", str(tmp_path / "p.npy"), "--sigma", "0,25", "-n", "10"])
+    assert result.exit_code == 0, result.output
+    patches = np.load(tmp_path / "p.npy")
+    assert patches.shape == (2, 10, 7, 7)
+    assert patches[1].std() > patches[0].std()  # noisier at sigma 25
+    result = runner.invoke(cli, ["sample", "-o", str(tmp_path / "p.png"), "-n", "16"])
+    assert result.exit_code == 0, result.output
+    assert iio.imread(tmp_path / "p.png").ndim == 2
+    result = runner.invoke(cli, ["sample", "-o", str(tmp_path / "i.npy"), "--size", "20x24", "-n", "1",
+                                 "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "i.npy").shape == (1, 20, 24)
+    assert runner.invoke(cli, ["sample", "-o", str(tmp_path / "p.png")]).exit_code == 1  # exists
+    assert runner.invoke(cli, ["sample", "-o", str(tmp_path / "x.png"), "--size", "2x2"]).exit_code == 2
+    assert runner.invoke(cli, ["sample", "-o", str(tmp_path / "x.gif")]).exit_code == 2
+
+
+def test_inspect_draws_the_figure_and_prints_nmse(tmp_path):
+    pytest.importorskip("matplotlib")
+    from test_train import _synthetic_images, _write_images
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    result = CliRunner().invoke(cli, ["inspect", "7x7", "--images", str(folder), "--patches", "2000",
+                                      "--max-filters", "12", "-o", str(tmp_path / "fig.png")])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 4 and all(len(row) == 4 and float(row[1]) >= 0 for row in rows)
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

@@ -52,3 +52,12 @@ def test_denoise_array_handles_colour_channels_and_alpha():
     assert np.array_equal(result[..., 3], rgba[..., 3])
     gray = denoise_array(model, rgba[..., 1], 0.05)
     assert np.allclose(result[..., 1], gray, atol=1e-6)
+
+
+def test_reflect_boundary_equals_valid_ebpa_of_the_mirrored_image():
+    model = random_model(patch_size=3, seed=17)
+    image = torch.rand(10, 9, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    mirrored = F.pad(image[None, None], (2, 2, 2, 2), mode="reflect")[0, 0]
+    with torch.no_grad():
+        expected = ebpa(model, mirrored, 0.05)[2:12, 2:11]
+        assert torch.allclose(ebpa(model, image, 0.05, boundary="reflect"), expected, atol=1e-14)
