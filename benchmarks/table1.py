@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model, read_checkpoint, resolve_model_path
-from gmdm_cli.denoise import BOUNDARIES, METHODS, denoise_array, psnr
+from gmdm_cli.denoisers import BOUNDARIES, METHODS, denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.train import find_images
+from gmdm_cli.training import find_images
 
 # Table 1 of Zach et al. (2023): PSNR in dB on BSD68.
 PAPER = {

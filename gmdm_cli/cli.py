@@ -86,7 +86,7 @@ def cli():
 def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigma_max, seed, device,
           resume, checkpoint_every, log_path):
     """Train a patch GMDM by denoising score matching on the images in IMAGE_DIRS."""
-    from .train import run_training, TrainingConfig, TrainingDataError
+    from .training import run_training, TrainingConfig, TrainingDataError
     from .checkpoint import CheckpointError
 
     config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
@@ -120,7 +120,7 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def denoise(inputs, output, output_dir, sigma, method, boundary, model_name, device, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG or .npy) corrupted by Gaussian noise of known sigma."""
-    from .denoise import denoise_array
+    from .denoisers import denoise_array
     from .image_io import ImageError, read_image, write_image
 
     if (output is None) == (output_dir is None):
@@ -161,7 +161,7 @@ def demo(image, sigma, seed, model_name, device, output_dir):
     import numpy as np
     from skimage import data
 
-    from .denoise import denoise_array, psnr
+    from .denoisers import denoise_array, psnr
     from .image_io import to_gray, write_image
 
     picture = getattr(data, image)()
@@ -203,7 +203,7 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
 
     from .diagnostics import patch_grid
     from .image_io import ImageError, write_image
-    from .sample import langevin_schedule, sample_image, sample_patches
+    from .sampling import langevin_schedule, sample_image, sample_patches
 
     sigmas = _sigmas(sigma_text)
     if output.suffix.lower() not in (".png", ".npy"):
@@ -261,7 +261,7 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
     import torch
 
     from .diagnostics import KAPPAS, inspect_figure, nmse
-    from .train import PatchSampler, TrainingDataError, find_images, load_training_images
+    from .training import PatchSampler, TrainingDataError, find_images, load_training_images
 
     sigmas = [s / 255 for s in _sigmas(sigma_text)]
     _check_target(output, overwrite)

@@ -74,7 +74,7 @@ def test_denoise_several_inputs_keep_names_and_bit_depth(tmp_path, camera):
 
 
 def test_train_then_denoise_with_the_trained_checkpoint(tmp_path):
-    from test_train import _synthetic_images, _write_images
+    from test_training import _synthetic_images, _write_images
 
     folder = _write_images(tmp_path / "images", _synthetic_images())
     checkpoint = tmp_path / "tiny.pt"
@@ -162,7 +162,7 @@ def test_sample_writes_patch_grids_and_arrays(tmp_path):
 
 def test_inspect_draws_the_figure_and_prints_nmse(tmp_path):
     pytest.importorskip("matplotlib")
-    from test_train import _synthetic_images, _write_images
+    from test_training import _synthetic_images, _write_images
 
     folder = _write_images(tmp_path / "images", _synthetic_images())
     result = CliRunner().invoke(cli, ["inspect", "7x7", "--images", str(folder), "--patches", "2000",

@@ -4,7 +4,7 @@ import torch
 
 from conftest import random_model
 from gmdm_cli.diagnostics import nmse, patch_grid
-from gmdm_cli.sample import sample_patches
+from gmdm_cli.sampling import sample_patches
 
 
 def test_nmse_is_small_on_model_samples_and_large_on_other_data():

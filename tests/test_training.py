@@ -7,7 +7,7 @@ import torch
 from conftest import random_model
 from gmdm_cli.checkpoint import read_checkpoint
 from gmdm_cli.model import _log_mixture
-from gmdm_cli.train import (
+from gmdm_cli.training import (
     PatchSampler,
     TrainingConfig,
     TrainingDataError,
@@ -92,7 +92,7 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
     straight = run_training(config, [folder], tmp_path / "straight.pt", progress=False, checkpoint_every=20)
     assert straight["final_loss"] < 0.9 * _initial_loss(config, folder)
 
-    from gmdm_cli.train import Trainer
+    from gmdm_cli.training import Trainer
 
     original_step = Trainer.train_step
 
@@ -118,7 +118,7 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
 def _initial_loss(config, folder):
     from gmdm_cli.model import PatchGMDM
     from gmdm_cli.projection import orthogonal_projection
-    from gmdm_cli.train import load_training_images
+    from gmdm_cli.training import load_training_images
 
     sampler = PatchSampler(load_training_images(find_images([folder]), 3), 3)
     model = PatchGMDM.initial(3, generator=torch.Generator().manual_seed(config.seed))

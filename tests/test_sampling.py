@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import random_model
-from gmdm_cli.sample import langevin_schedule, patch_covariance, sample_image, sample_patches
+from gmdm_cli.sampling import langevin_schedule, patch_covariance, sample_image, sample_patches
 
 
 def _mixture_cdf(z, weights, means, std):

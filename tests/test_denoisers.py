@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model
-from gmdm_cli.denoise import denoise_array, ebpa
+from gmdm_cli.denoisers import denoise_array, ebpa
 from gmdm_cli.model import patch_tweedie
 
 
