@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import PatchGMDM, image_patch_scores, patch_average, time_from_sigma
+from .model import PatchGMDM, image_patch_scores, image_responses, patch_average, time_from_sigma
+from .tables import ExpertTable
 
 
 def _as_batch(image: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,7 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
 BOUNDARIES = ("valid", "reflect")
 
 
-def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid") -> torch.Tensor:
+def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
     """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
     ``sigma`` (same scale): a number, or, with ``boundary="valid"``, one value per patch
     ``(N, 1, H-b+1, W-b+1)``.
@@ -53,9 +54,13 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid") 
             raise ValueError("boundary 'reflect' takes a single sigma, not a per-patch map")
         pad = min(b - 1, height - 1, width - 1)  # reflection needs pad < size
         padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-        estimate = ebpa(model, padded, sigma)[..., pad:pad + height, pad:pad + width]
+        estimate = ebpa(model, padded, sigma, exact=exact)[..., pad:pad + height, pad:pad + width]
         return estimate.reshape(noisy.shape)
-    scores = image_patch_scores(model, batch, time_from_sigma(sigma))  # (N, J, H-b+1, W-b+1)
+    t = time_from_sigma(sigma)
+    if exact or sigma.dim() > 0:
+        scores = image_patch_scores(model, batch, t)  # (N, J, H-b+1, W-b+1)
+    else:
+        scores = ExpertTable(model, float(t)).score(image_responses(model, batch))
     estimate = batch + patch_average(model, sigma**2 * scores)
     return estimate.view_as(noisy)
 
