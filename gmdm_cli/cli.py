@@ -110,8 +110,8 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
               help="Write each result here under its input's file name.")
 @click.option("--sigma", required=True, type=click.FloatRange(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
-@click.option("--method", type=click.Choice(["ebpa"]), default="ebpa", show_default=True,
-              help="ebpa: empirical-Bayes patch averaging.")
+@click.option("--method", type=click.Choice(["ebpa", "hqs"]), default="ebpa", show_default=True,
+              help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
 @click.option("--boundary", type=click.Choice(["valid", "reflect"]), default="valid", show_default=True,
               help="valid: patches inside the image only (the paper); reflect: mirror the border first.")
 @click.option("--model", "model_name", default="7x7", show_default=True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import PatchGMDM, image_patch_scores, image_responses, patch_average, time_from_sigma
+from .model import PatchGMDM, image_patch_scores, image_responses, patch_average, patch_counts, time_from_sigma
 from .tables import ExpertTable
 
 
@@ -30,16 +30,9 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
 BOUNDARIES = ("valid", "reflect")
 
 
-def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
-    """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
-    ``sigma`` (same scale): a number, or, with ``boundary="valid"``, one value per patch
-    ``(N, 1, H-b+1, W-b+1)``.
-
-    ``boundary="valid"`` uses the patches inside the image only (the paper's setting: pixels
-    near the border are covered by fewer patches); ``"reflect"`` mirrors the image by ``b - 1``
-    pixels first, so every pixel is covered by ``b^2`` patches, and crops the result.
-    Returns a tensor shaped like ``noisy``; not clipped.
-    """
+def _prepare(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str):
+    """Validate; return the ``(N, 1, H, W)`` batch (mirrored by ``b - 1`` for ``"reflect"``), sigma as a
+    tensor, and the crop that undoes the padding."""
     if boundary not in BOUNDARIES:
         raise ValueError(f"unknown boundary '{boundary}' (choose from {', '.join(BOUNDARIES)})")
     batch = _as_batch(noisy)
@@ -49,23 +42,81 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
         raise ValueError(f"image of {width}x{height} pixels is smaller than the "
                          f"{b}x{b} patches of the model")
     sigma = torch.as_tensor(sigma, dtype=batch.dtype, device=batch.device)
-    if boundary == "reflect":
-        if sigma.dim() > 0:
-            raise ValueError("boundary 'reflect' takes a single sigma, not a per-patch map")
-        pad = min(b - 1, height - 1, width - 1)  # reflection needs pad < size
-        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-        estimate = ebpa(model, padded, sigma, exact=exact)[..., pad:pad + height, pad:pad + width]
-        return estimate.reshape(noisy.shape)
-    t = time_from_sigma(sigma)
-    if exact or sigma.dim() > 0:
-        scores = image_patch_scores(model, batch, t)  # (N, J, H-b+1, W-b+1)
-    else:
-        scores = ExpertTable(model, float(t)).score(image_responses(model, batch))
+    if boundary == "valid":
+        return batch, sigma, (slice(None), slice(None))
+    if sigma.dim() > 0:
+        raise ValueError("boundary 'reflect' takes a single sigma, not a per-patch map")
+    pad = min(b - 1, height - 1, width - 1)  # reflection needs pad < size
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+    return padded, sigma, (slice(pad, pad + height), slice(pad, pad + width))
+
+
+def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, exact: bool) -> torch.Tensor:
+    """Expert scores of every patch, ``(N, J, H-b+1, W-b+1)``: tabulated for one ``t`` unless ``exact``;
+    per-patch times always use the exact mixtures."""
+    if exact or t.dim() > 0:
+        return image_patch_scores(model, batch, t)
+    return ExpertTable(model, float(t)).score(image_responses(model, batch))
+
+
+def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
+    """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
+    ``sigma`` (same scale): a number, or, with ``boundary="valid"``, one value per patch
+    ``(N, 1, H-b+1, W-b+1)``.
+
+    ``boundary="valid"`` uses the patches inside the image only (the paper's setting: pixels
+    near the border are covered by fewer patches); ``"reflect"`` mirrors the image by ``b - 1``
+    pixels first, so every pixel is covered by ``b^2`` patches, and crops the result.
+    With a single ``sigma`` the experts are evaluated through an :class:`ExpertTable` (interpolated,
+    relative error ~1e-4) unless ``exact``; per-patch maps always use the exact mixtures.
+    Returns a tensor shaped like ``noisy``; not clipped.
+    """
+    batch, sigma, (rows, columns) = _prepare(model, noisy, sigma, boundary)
+    scores = _patch_scores(model, batch, time_from_sigma(sigma), exact)
     estimate = batch + patch_average(model, sigma**2 * scores)
-    return estimate.view_as(noisy)
+    return estimate[..., rows, columns].reshape(noisy.shape)
 
 
-METHODS = ("ebpa",)
+def hqs_schedule(sigma: float, iterations: int = 6, start: float = 1.0, end: float = 1 / 32) -> list[float]:
+    """Diffusion times of HQS: geometric from ``start * sigma^2 / 2`` down to ``end * sigma^2 / 2``
+    (``beta = 1 / (2t)`` grows from ``start^-1 / sigma^2`` to ``end^-1 / sigma^2``), strictly decreasing."""
+    t = time_from_sigma(sigma)
+    if iterations == 1:
+        return [start * t]
+    ratio = (end / start) ** (1 / (iterations - 1))
+    return [start * t * ratio**k for k in range(iterations)]
+
+
+def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[float] | None = None,
+        data_weight: float | None = None, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
+    """Half-quadratic splitting (Zoran & Weiss; Sec. 4.3): minimise
+    ``(lambda/2)||x - y||^2 - sum_i log f(P_i x, t)`` by alternating, for each ``t`` of ``schedule``,
+
+    * ``z_i = P_i x + 2t grad log f(P_i x, t)`` (one Tweedie step on every patch),
+    * ``x = (lambda y + beta sum_i P_i^T z_i) / (lambda + beta C)``, ``beta = 1 / (2t)``,
+      ``lambda = data_weight / sigma^2``.
+
+    Since ``beta 2t = 1`` the pixel update is ``(lambda y + beta C x + C s(x)) / (lambda + beta C)`` with
+    ``s`` the patch-averaged score. Default schedule: :func:`hqs_schedule`. The prior sums over all
+    overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` defaults to
+    ``b^2`` to balance it, as EPLL does (``lambda = N / sigma^2``, N pixels per patch). With
+    ``data_weight = 1`` the prior dominates and HQS over-smooths (it then loses to EB-PA).
+    """
+    batch, sigma_tensor, (rows, columns) = _prepare(model, noisy, sigma, boundary)
+    if sigma_tensor.dim() > 0:
+        raise ValueError("HQS takes a single sigma")
+    schedule = hqs_schedule(float(sigma)) if schedule is None else schedule
+    weight = (model.patch_size**2 if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
+    counts = patch_counts(model, batch)
+    x = batch
+    for t in schedule:
+        beta = 1 / (2 * t)
+        score = patch_average(model, _patch_scores(model, x, torch.as_tensor(t, dtype=x.dtype), exact))
+        x = (weight * batch + counts * (beta * x + score)) / (weight + beta * counts)
+    return x[..., rows, columns].reshape(noisy.shape)
+
+
+METHODS = ("ebpa", "hqs")
 
 
 def psnr(estimate, clean) -> float:
@@ -91,7 +142,10 @@ def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa", b
     colour = channels.shape[-1] if channels.shape[-1] != 4 else 3
     stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype, device=device)
     with torch.no_grad():
-        result = ebpa(model, stack, sigma, boundary)
+        if method == "ebpa":
+            result = ebpa(model, stack, sigma, boundary)
+        else:
+            result = hqs(model, stack, sigma, boundary=boundary)
     output = np.array(channels, dtype=np.float64)
     output[..., :colour] = np.moveaxis(result[:, 0].double().cpu().numpy(), 0, -1)
     return output[..., 0] if image.ndim == 2 else output

@@ -238,8 +238,14 @@ def patch_average(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
     ``conv2d`` of :func:`image_responses`. With ``c_ij = sigma_i^2 dlog psi_j`` this is the EB-PA
     correction; with ``c_ij = dlog psi_j`` the patch-averaged score of a whole image.
     """
-    b = model.patch_size
     summed = F.conv_transpose2d(coefficients, model.kernels())
-    ones = coefficients.new_ones(1, 1, *coefficients.shape[-2:])
-    counts = F.conv_transpose2d(ones, coefficients.new_ones(1, 1, b, b))
-    return summed / counts
+    return summed / patch_counts(model, summed)
+
+
+def patch_counts(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
+    """``C = sum_i P_i^T P_i 1``: how many "valid" ``b x b`` patches cover each pixel of ``images``
+    ``(..., H, W)``; ``(1, 1, H, W)``."""
+    b = model.patch_size
+    height, width = images.shape[-2:]
+    ones = images.new_ones(1, 1, height - b + 1, width - b + 1)
+    return F.conv_transpose2d(ones, images.new_ones(1, 1, b, b))

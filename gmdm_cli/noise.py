@@ -24,7 +24,7 @@ from .model import PatchGMDM, expert_log_density, image_responses, time_from_sig
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
 
-def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 4096):
+def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512):
     """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``.
 
     Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
@@ -52,7 +52,7 @@ def mean_patch_energy(model: PatchGMDM, histograms, sigma: float) -> float:
         return float((weights * energies).sum() - model.log_normaliser())
 
 
-def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 4096, coarse: int = 26,
+def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512, coarse: int = 14,
                           tolerance: float = 1e-4) -> float:
     """``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` for a gray image ``(H, W)`` or ``(1, 1, H, W)``, 0-1 scale.
 
@@ -77,3 +77,56 @@ def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 409
             b = low + ratio * (high - low)
             energy_b = mean_patch_energy(model, histograms, b)
     return (low + high) / 2
+
+
+def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+    """Candidate noise levels for per-patch estimation: 0 and a geometric ladder up to ``sigma_max``."""
+    return torch.cat([torch.zeros(1, dtype=torch.float64),
+                      torch.logspace(math.log10(1 / 255), math.log10(sigma_max), count - 1, dtype=torch.float64)])
+
+
+def patch_energies(model: PatchGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated experts)."""
+    from .tables import ExpertTable
+
+    images = image if image.dim() == 4 else image[None, None]
+    with torch.no_grad():
+        z = image_responses(model, images.to(model.filters.dtype))  # (1, J, h, w)
+        return torch.stack([ExpertTable(model, float(time_from_sigma(s))).energy(z).sum(1)[0] for s in sigmas])
+
+
+def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Argmin over dimension 0 with a parabola through the neighbours (on the level index)."""
+    count = values.shape[0]
+    best = values.argmin(0).clamp(1, count - 2)
+    left, centre, right = (values.gather(0, (best + d)[None])[0] for d in (-1, 0, 1))
+    curvature = left - 2 * centre + right
+    shift = torch.where(curvature > 0, 0.5 * (left - right) / curvature.clamp_min(1e-12), torch.zeros_like(centre))
+    position = (best + shift.clamp(-1, 1)).clamp(0, count - 1)
+    lower = position.floor().long().clamp(max=count - 2)
+    fraction = (position - lower).to(levels.dtype)
+    return torch.lerp(levels[lower], levels[lower + 1], fraction)
+
+
+def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = 31,
+                       levels: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw per-pixel noise level ``(H, W)`` (0-1 scale) of a gray image ``(H, W)``.
+
+    The energies of all patches at every candidate level are averaged over a ``window x window``
+    neighbourhood of patches (mirrored at the border) before the argmin, which turns the very noisy
+    per-patch likelihoods into a usable local estimate; each pixel then gets the mean estimate of
+    the patches that cover it.
+    """
+    import torch.nn.functional as F
+
+    levels = sigma_levels() if levels is None else levels
+    energies = patch_energies(model, image, levels)  # (K, h, w)
+    pad = min(window // 2, energies.shape[-1] - 1, energies.shape[-2] - 1)
+    if pad > 0:
+        energies = F.avg_pool2d(F.pad(energies[None], (pad,) * 4, mode="reflect"), 2 * pad + 1, stride=1)[0]
+    per_patch = _argmin_refined(energies, levels.to(energies.dtype))  # (h, w)
+    b = model.patch_size
+    ones = per_patch.new_ones(1, 1, b, b)
+    summed = F.conv_transpose2d(per_patch[None, None], ones)
+    counts = F.conv_transpose2d(torch.ones_like(per_patch)[None, None], ones)
+    return (summed / counts)[0, 0]

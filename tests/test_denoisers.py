@@ -62,3 +62,29 @@ def test_reflect_boundary_equals_valid_ebpa_of_the_mirrored_image():
     with torch.no_grad():
         expected = ebpa(model, mirrored, 0.05, exact=True)[2:12, 2:11]
         assert torch.allclose(ebpa(model, image, 0.05, boundary="reflect", exact=True), expected, atol=1e-14)
+
+
+def test_hqs_schedule_decreases_geometrically():
+    from gmdm_cli.denoisers import hqs_schedule
+
+    schedule = hqs_schedule(0.1, iterations=6, start=1.0, end=1 / 32)
+    assert schedule[0] == 0.1**2 / 2 and abs(schedule[-1] - 0.1**2 / 64) < 1e-15
+    assert all(a > b for a, b in zip(schedule, schedule[1:]))
+    ratios = [b / a for a, b in zip(schedule, schedule[1:])]
+    assert max(ratios) - min(ratios) < 1e-12
+
+
+def test_hqs_beats_ebpa_and_improves_monotonically(camera):
+    from gmdm_cli.checkpoint import load_model
+    from gmdm_cli.denoisers import hqs, hqs_schedule, psnr
+
+    model = load_model("7x7")
+    sigma = 25 / 255
+    noisy = torch.tensor(camera + sigma * np.random.default_rng(19).standard_normal(camera.shape),
+                         dtype=torch.float32)
+    with torch.no_grad():
+        baseline = psnr(ebpa(model, noisy, sigma).numpy(), camera)
+        schedule = hqs_schedule(sigma)
+        values = [psnr(hqs(model, noisy, sigma, schedule[:k]).numpy(), camera) for k in range(1, len(schedule) + 1)]
+    assert values[-1] > baseline + 0.2
+    assert all(b > a - 0.02 for a, b in zip(values, values[1:]))  # never diverges along the schedule
