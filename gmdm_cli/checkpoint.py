@@ -98,8 +98,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM:
     """A :class:`PatchGMDM` from a validated checkpoint dictionary."""
-    return PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype),
-                     gamma=float(payload["metadata"].get("gamma", 1.0)))
+    model = PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype),
+                      gamma=float(payload["metadata"].get("gamma", 1.0)))
+    model.metadata = dict(payload["metadata"])
+    return model
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:

@@ -54,6 +54,7 @@ class PatchGMDM(torch.nn.Module):
         self.logits = torch.nn.Parameter(logits.clone())
         num_components = logits.shape[1]
         self.register_buffer("means", torch.linspace(-gamma, gamma, num_components, dtype=logits.dtype))
+        self.metadata: dict = {}  # checkpoint metadata (training record, noise calibration), if loaded
 
     @classmethod
     def initial(cls, patch_size: int = 7, num_components: int = 125, gamma: float = 1.0,

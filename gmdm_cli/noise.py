@@ -130,3 +130,50 @@ def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = 31,
     summed = F.conv_transpose2d(per_patch[None, None], ones)
     counts = F.conv_transpose2d(torch.ones_like(per_patch)[None, None], ones)
     return (summed / counts)[0, 0]
+
+
+def apply_calibration(sigma, calibration: dict | None):
+    """Map raw argmin estimates to noise levels with a checkpoint's ``noise_calibration``
+    (piecewise linear through measured ``(raw, true)`` pairs; identity without one)."""
+    if not calibration:
+        return sigma
+    import numpy as np
+
+    raw, true = np.asarray(calibration["raw"]), np.asarray(calibration["true"])
+    values = np.asarray(sigma.cpu() if isinstance(sigma, torch.Tensor) else sigma, dtype=np.float64)
+    # linear continuation beyond the measured range, with the end segments' slopes
+    slope_low = (true[1] - true[0]) / (raw[1] - raw[0])
+    slope_high = (true[-1] - true[-2]) / (raw[-1] - raw[-2])
+    mapped = np.interp(values, raw, true)
+    mapped = np.where(values < raw[0], true[0] + slope_low * (values - raw[0]), mapped)
+    mapped = np.where(values > raw[-1], true[-1] + slope_high * (values - raw[-1]), mapped)
+    mapped = np.maximum(mapped, 0)
+    if isinstance(sigma, torch.Tensor):
+        return torch.as_tensor(mapped, dtype=sigma.dtype, device=sigma.device)
+    return float(mapped) if np.ndim(mapped) == 0 else mapped
+
+
+LUMA_NOISE_GAIN = math.sqrt(0.299**2 + 0.587**2 + 0.114**2)  # std of luma noise / std of channel noise
+
+
+def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = 31):
+    """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
+
+    Colour images are measured on their luma and reported per channel (independent noise of the
+    same level in every channel). Estimates go through the model's noise calibration when its
+    checkpoint carries one.
+    """
+    import numpy as np
+
+    from .image_io import to_gray
+
+    gray = to_gray(np.asarray(image, dtype=np.float64))
+    gain = 1.0 if np.ndim(image) == 2 else LUMA_NOISE_GAIN
+    tensor = torch.as_tensor(gray, dtype=model.filters.dtype, device=model.filters.device)
+    calibration = model.metadata.get("noise_calibration")
+    sigma = apply_calibration(estimate_global_sigma(model, tensor), calibration) / gain
+    sigma_map = None
+    if noise_map:
+        raw_map = estimate_sigma_map(model, tensor, window).double().cpu().numpy()
+        sigma_map = apply_calibration(raw_map, calibration) / gain
+    return sigma, sigma_map

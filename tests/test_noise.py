@@ -1,0 +1,82 @@
+"""Noise estimation (Sec. 4.4): the likelihood's argmin over t finds the noise level."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gmdm_cli.checkpoint import load_model
+from gmdm_cli.cli import cli
+from gmdm_cli.model import image_patch_energy
+from gmdm_cli.noise import (
+    apply_calibration,
+    estimate_global_sigma,
+    estimate_noise,
+    estimate_sigma_map,
+    mean_patch_energy,
+    response_histograms,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("7x7")
+
+
+def test_histogram_energy_equals_the_mean_patch_energy(model, camera):
+    image = torch.tensor(camera[:48, :48] + 0.05 * np.random.default_rng(0).standard_normal((48, 48)),
+                         dtype=torch.float64)
+    exact_model = load_model("7x7", dtype=torch.float64)
+    with torch.no_grad():
+        direct = image_patch_energy(exact_model, image[None, None], 0.05**2 / 2).mean().item()
+    binned = mean_patch_energy(exact_model, response_histograms(exact_model, image[None, None], 4096), 0.05)
+    assert binned == pytest.approx(direct, abs=2e-3 * abs(direct))
+
+
+@pytest.mark.parametrize("sigma", [10 / 255, 25 / 255, 50 / 255])
+def test_global_estimate_finds_synthetic_noise(model, camera, sigma):
+    noisy = camera + sigma * np.random.default_rng(1).standard_normal(camera.shape)
+    estimate = estimate_global_sigma(model, torch.tensor(noisy, dtype=torch.float32))
+    assert abs(estimate - sigma) < 0.2 * sigma  # uncalibrated, on a small crop
+    assert abs(estimate - sigma) < abs(estimate_global_sigma(model, torch.tensor(camera, dtype=torch.float32)) - sigma)
+
+
+def test_noise_map_separates_two_noise_levels(model, camera):
+    rows = np.arange(camera.shape[0])[:, None] < camera.shape[0] // 2
+    truth = np.where(rows, 0.05, 0.15) * np.ones_like(camera)
+    noisy = camera + truth * np.random.default_rng(2).standard_normal(camera.shape)
+    sigma_map = estimate_sigma_map(model, torch.tensor(noisy, dtype=torch.float32), window=9).double().numpy()
+    assert sigma_map.shape == camera.shape
+    top, bottom = sigma_map[:30].mean(), sigma_map[-30:].mean()
+    assert abs(top - 0.05) < 0.02 and abs(bottom - 0.15) < 0.03
+
+
+def test_calibration_is_piecewise_linear_and_continues_linearly():
+    calibration = {"raw": [0.0, 0.1, 0.2], "true": [0.0, 0.11, 0.21]}
+    assert apply_calibration(0.05, calibration) == pytest.approx(0.055)
+    assert apply_calibration(0.3, calibration) == pytest.approx(0.31)
+    assert apply_calibration(0.15, None) == 0.15
+
+
+def test_colour_estimates_are_per_channel(model, camera):
+    rgb = np.repeat(camera[..., None], 3, axis=2) + 0.1 * np.random.default_rng(3).standard_normal(camera.shape + (3,))
+    sigma, _ = estimate_noise(model, rgb)
+    assert abs(sigma - 0.1) < 0.015
+
+
+def test_estimate_noise_cli_json_and_maps(tmp_path, camera):
+    noisy = camera + 20 / 255 * np.random.default_rng(4).standard_normal(camera.shape)
+    np.save(tmp_path / "a.npy", noisy)
+    result = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--json", "--map", "--window", "9"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    assert record["path"].endswith("a.npy") and abs(record["sigma"] - 20) < 3
+    import imageio.v3 as iio
+
+    tif = iio.imread(record["noise_map_tif"])
+    assert tif.dtype == np.float32 and tif.shape == camera.shape and 10 < tif.mean() < 30
+    assert (tmp_path / "a_noise_map.png").exists()
+    again = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--map"])
+    assert again.exit_code == 1 and "exists" in again.output
