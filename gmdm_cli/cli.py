@@ -108,8 +108,13 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
               help="Output file (one input only); the format follows its extension.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write each result here under its input's file name.")
-@click.option("--sigma", required=True, type=click.FloatRange(min=0, max=255, min_open=True),
+@click.option("--sigma", type=click.FloatRange(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
+@click.option("--blind", is_flag=True, help="Estimate a per-pixel noise map first and denoise with it (EB-PA).")
+@click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
+              help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, the image's size).")
+@click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --blind (one input): also save the estimated map here (.tif or .npy, 0-255 units).")
 @click.option("--method", type=click.Choice(["ebpa", "hqs"]), default="ebpa", show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
 @click.option("--boundary", type=click.Choice(["valid", "reflect"]), default="valid", show_default=True,
@@ -118,31 +123,53 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
               help="Built-in model (7x7, 15x15) or a checkpoint path.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def denoise(inputs, output, output_dir, sigma, method, boundary, model_name, device, overwrite):
-    """Denoise INPUTS (PNG, TIFF, JPEG or .npy) corrupted by Gaussian noise of known sigma."""
+def denoise(inputs, output, output_dir, sigma, blind, sigma_map, noise_map_path, method, boundary, model_name,
+            device, overwrite):
+    """Denoise INPUTS (PNG, TIFF, JPEG or .npy) corrupted by Gaussian noise.
+
+    Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
+    """
     from .denoisers import denoise_array
     from .image_io import ImageError, read_image, write_image
+    from .noise import estimate_noise
 
     if (output is None) == (output_dir is None):
         raise click.UsageError("give exactly one of -o/--output and --output-dir")
     if output is not None and len(inputs) > 1:
         raise click.UsageError("-o/--output takes one input; use --output-dir for several")
+    if sum([sigma is not None, blind, sigma_map is not None]) != 1:
+        raise click.UsageError("give exactly one of --sigma, --blind and --sigma-map")
+    if noise_map_path is not None and (not blind or len(inputs) > 1):
+        raise click.UsageError("--noise-map goes with --blind and a single input")
     targets = [output] if output is not None else [output_dir / path.name for path in inputs]
     if output_dir is not None and not output_dir.is_dir():
         raise click.ClickException(f"{output_dir}: output folder does not exist")
-    for target in targets:
+    for target in targets + ([noise_map_path] if noise_map_path is not None else []):
         _check_target(target, overwrite, inputs)
+    level = None
+    if sigma_map is not None:
+        try:
+            values, info = read_image(sigma_map)
+        except ImageError as error:
+            raise click.ClickException(str(error)) from None
+        if not info.dtype.kind == "f" or values.ndim != 2:
+            raise click.ClickException(f"{sigma_map}: a noise map must be a 2-D float array (.npy or float TIFF)")
+        level = values / 255
     model = _load_model(model_name, _device(device))
     for path, target in zip(inputs, targets):
         try:
             image, info = read_image(path)
             started = time.perf_counter()
-            result = denoise_array(model, image, sigma / 255, method, boundary)
+            if blind:
+                _, level = estimate_noise(model, image, noise_map=True)
+                if noise_map_path is not None:
+                    write_image(noise_map_path, 255 * level, dtype="float32")
+            result = denoise_array(model, image, sigma / 255 if level is None else level, method, boundary)
             write_image(target, result, dtype=info.dtype)
         except (ImageError, ValueError) as error:
             raise click.ClickException(str(error)) from None
-        click.echo(f"{path} -> {target} ({method}, sigma {sigma:g}, {time.perf_counter() - started:.2f} s)",
-                   err=True)
+        how = f"sigma {sigma:g}" if level is None else f"noise map, mean sigma {255 * float(level.mean()):.2f}"
+        click.echo(f"{path} -> {target} ({method}, {how}, {time.perf_counter() - started:.2f} s)", err=True)
 
 
 @cli.command()
@@ -332,6 +359,40 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
             click.echo(json.dumps(record))
         else:
             click.echo(f"{path}: sigma {record['sigma']:.2f}" + (f" (maps: {targets[0]}, {targets[1]})" if noise_map else ""))
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("image_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write: MODEL with the calibration added to its metadata.")
+@click.option("--images", "count", default=40, show_default=True, type=click.IntRange(1),
+              help="Use this many images, evenly spread over the sorted list.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
+def calibrate(model_name, image_dirs, output, count, seed, overwrite):
+    """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
+    from .checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
+    from .image_io import to_gray
+    from .noise import CALIBRATION_SIGMAS, calibrate_noise
+    from .training import TrainingDataError, find_images, load_training_images
+
+    _check_target(output, overwrite)
+    model = _load_model(model_name, _device("cpu"))
+    try:
+        paths = find_images(image_dirs)
+        paths = paths[:: max(1, len(paths) // count)][:count]
+        images = [to_gray(image).astype("float64") for image in load_training_images(paths, model.patch_size)]
+    except TrainingDataError as error:
+        raise click.ClickException(str(error)) from None
+    calibration = calibrate_noise(model, images, seed=seed)
+    calibration["data"] = ", ".join(str(d) for d in image_dirs)
+    payload = read_checkpoint(resolve_model_path(model_name))
+    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": calibration},
+                    payload.get("training"))
+    for true, raw in zip(CALIBRATION_SIGMAS, calibration["raw"]):
+        click.echo(f"sigma {true:5g}: raw estimate {255 * raw:7.2f}")
+    click.echo(f"wrote {output}", err=True)
 
 
 def _write_map_picture(path: Path, sigma_map) -> None:

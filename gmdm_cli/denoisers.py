@@ -126,12 +126,13 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
-def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa", boundary: str = "valid"):
+def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid"):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
-    Gray ``(H, W)`` images are denoised directly; colour ``(H, W, 3|4)`` images channel by
-    channel with the gray prior, alpha passed through. Runs on the model's device, returns
-    float64 numpy, unclipped.
+    ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA with every
+    patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
+    denoised directly; colour ``(H, W, 3|4)`` images channel by channel with the gray prior, alpha
+    passed through. Runs on the model's device, returns float64 numpy, unclipped.
     """
     import numpy as np
 
@@ -142,7 +143,16 @@ def denoise_array(model: PatchGMDM, image, sigma: float, method: str = "ebpa", b
     colour = channels.shape[-1] if channels.shape[-1] != 4 else 3
     stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype, device=device)
     with torch.no_grad():
-        if method == "ebpa":
+        if np.ndim(sigma) == 2:
+            if method != "ebpa" or boundary != "valid":
+                raise ValueError("a per-pixel noise map works with method 'ebpa' and boundary 'valid'")
+            if np.shape(sigma) != image.shape[:2]:
+                raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
+            b, half = model.patch_size, model.patch_size // 2
+            rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
+            centres = np.asarray(sigma)[half:half + rows, half:half + columns]
+            result = ebpa(model, stack, torch.as_tensor(centres, dtype=dtype, device=device)[None, None])
+        elif method == "ebpa":
             result = ebpa(model, stack, sigma, boundary)
         else:
             result = hqs(model, stack, sigma, boundary=boundary)

@@ -171,3 +171,27 @@ def test_inspect_draws_the_figure_and_prints_nmse(tmp_path):
     rows = [line.split() for line in result.output.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 4 and all(len(row) == 4 and float(row[1]) >= 0 for row in rows)
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_blind_denoising_and_known_noise_maps(tmp_path, camera):
+    truth = np.where(np.arange(camera.shape[1])[None, :] < 48, 10.0, 30.0) * np.ones_like(camera)  # 0-255
+    noisy = camera + truth / 255 * np.random.default_rng(6).standard_normal(camera.shape)
+    np.save(tmp_path / "noisy.npy", noisy)
+    np.save(tmp_path / "truth.npy", truth)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "blind.npy"),
+                                 "--blind", "--noise-map", str(tmp_path / "map.tif")])
+    assert result.exit_code == 0, result.output
+    import imageio.v3 as iio
+
+    estimated = iio.imread(tmp_path / "map.tif")
+    assert estimated.dtype == np.float32 and estimated.shape == camera.shape
+    assert estimated[:, :30].mean() < estimated[:, -30:].mean()
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "known.npy"),
+                                 "--sigma-map", str(tmp_path / "truth.npy")])
+    assert result.exit_code == 0, result.output
+    for name in ("blind.npy", "known.npy"):
+        assert _psnr(np.load(tmp_path / name), camera) > _psnr(noisy, camera) + 4
+    bad = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "x.npy"),
+                              "--sigma", "10", "--blind"])
+    assert bad.exit_code == 2

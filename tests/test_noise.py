@@ -80,3 +80,26 @@ def test_estimate_noise_cli_json_and_maps(tmp_path, camera):
     assert (tmp_path / "a_noise_map.png").exists()
     again = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--map"])
     assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
+    import imageio.v3 as iio
+    from skimage import data
+
+    from gmdm_cli.checkpoint import read_checkpoint
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    iio.imwrite(folder / "camera.png", data.camera()[::2, ::2])
+    iio.imwrite(folder / "coins.png", data.coins())
+    result = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "cal.pt")])
+    assert result.exit_code == 0, result.output
+    calibration = read_checkpoint(tmp_path / "cal.pt")["metadata"]["noise_calibration"]
+    assert len(calibration["raw"]) == len(calibration["true"]) and calibration["images"] == 2
+    assert all(b > a for a, b in zip(calibration["raw"], calibration["raw"][1:]))
+    calibrated = load_model(tmp_path / "cal.pt")
+    clean = data.camera()[1::2, 1::2] / 255.0
+    noisy = clean + 20 / 255 * np.random.default_rng(5).standard_normal(clean.shape)
+    raw, _ = estimate_noise(load_model("7x7"), noisy)
+    fixed, _ = estimate_noise(calibrated, noisy)
+    assert abs(fixed - 20 / 255) <= abs(raw - 20 / 255)
