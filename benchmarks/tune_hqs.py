@@ -4,7 +4,7 @@ For every combination of iterations, first and last t (as fractions of sigma^2/2
 (lambda = data_weight / sigma^2), prints the mean PSNR gain of HQS over EB-PA on centre crops of a fixed
 subset of the training images, per noise level and on average.
 
-    python benchmarks/tune_hqs.py --model 7x7 --images 16 --crop 160
+    python benchmarks/tune_hqs.py --model 7x7 --images 8 --crop 128
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="7x7")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--images", type=int, default=16, help="every (400 / N)-th training image")
-    parser.add_argument("--crop", type=int, default=160, help="centre crop side, pixels")
+    parser.add_argument("--images", type=int, default=8, help="every (400 / N)-th training image")
+    parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels")
     parser.add_argument("--sigmas", default="15,25,50,100")
-    parser.add_argument("--iterations", default="4,6,8")
-    parser.add_argument("--starts", default="1,0.5,0.25")
-    parser.add_argument("--ends", default="0.03125,0.0078125,0.001953125")
+    parser.add_argument("--iterations", default="6")
+    parser.add_argument("--starts", default="1,0.5")
+    parser.add_argument("--ends", default="0.03125,0.0078125")
     parser.add_argument("--data-weights", default="49,16")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

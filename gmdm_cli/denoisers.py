@@ -77,7 +77,7 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     return estimate[..., rows, columns].reshape(noisy.shape)
 
 
-def hqs_schedule(sigma: float, iterations: int = 6, start: float = 1.0, end: float = 1 / 32) -> list[float]:
+def hqs_schedule(sigma: float, iterations: int = 6, start: float = 0.5, end: float = 1 / 128) -> list[float]:
     """Diffusion times of HQS: geometric from ``start * sigma^2 / 2`` down to ``end * sigma^2 / 2``
     (``beta = 1 / (2t)`` grows from ``start^-1 / sigma^2`` to ``end^-1 / sigma^2``), strictly decreasing."""
     t = time_from_sigma(sigma)
@@ -98,15 +98,17 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
 
     Since ``beta 2t = 1`` the pixel update is ``(lambda y + beta C x + C s(x)) / (lambda + beta C)`` with
     ``s`` the patch-averaged score. Default schedule: :func:`hqs_schedule`. The prior sums over all
-    overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` defaults to
-    ``b^2`` to balance it, as EPLL does (``lambda = N / sigma^2``, N pixels per patch). With
-    ``data_weight = 1`` the prior dominates and HQS over-smooths (it then loses to EB-PA).
+    overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` rebalances the
+    data term (EPLL uses ``lambda = N / sigma^2``, N pixels per patch). With ``data_weight = 1`` the prior
+    dominates and HQS over-smooths (it then loses to EB-PA). The defaults (6 steps from
+    ``0.5 sigma^2 / 2`` to ``sigma^2 / 256``, data weight 16) are provisional: the best of a small grid on
+    crops of 5 training images at sigma 25; ``benchmarks/tune_hqs.py`` runs the full search.
     """
     batch, sigma_tensor, (rows, columns) = _prepare(model, noisy, sigma, boundary)
     if sigma_tensor.dim() > 0:
         raise ValueError("HQS takes a single sigma")
     schedule = hqs_schedule(float(sigma)) if schedule is None else schedule
-    weight = (model.patch_size**2 if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
+    weight = (16.0 if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
     counts = patch_counts(model, batch)
     x = batch
     for t in schedule:
