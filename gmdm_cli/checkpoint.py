@@ -14,13 +14,13 @@ with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler refuses a
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .image_io import atomic_output
 from .model import PatchGMDM
 
 FORMAT = "gmdm-patch"
@@ -52,15 +52,8 @@ def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | 
     }
     if training is not None:
         payload["training"] = training
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -407,8 +407,7 @@ def _write_map_picture(path: Path, sigma_map) -> None:
         click.echo(f"{path}: gray levels 0-{float(sigma_map.max()):.1f} (install 'gmdm-cli[plots]' for a colour "
                    f"map with a scale bar)", err=True)
         return
-    import os
-    import tempfile
+    from .image_io import atomic_output
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -418,14 +417,11 @@ def _write_map_picture(path: Path, sigma_map) -> None:
     shown = axis.imshow(sigma_map, cmap="viridis")
     axis.set_axis_off()
     figure.colorbar(shown, ax=axis, label="noise sigma (0-255)")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, bbox_inches="tight")
-        os.replace(temporary, path)
+        with atomic_output(path, ".png") as temporary:
+            figure.savefig(temporary, bbox_inches="tight")
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
 
 
 def main():

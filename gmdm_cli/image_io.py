@@ -10,6 +10,7 @@ never leaves a partial output behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -68,6 +69,23 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     return image, ImageInfo(dtype=raw.dtype if raw.dtype != bool else np.dtype(np.uint8))
 
 
+@contextlib.contextmanager
+def atomic_output(path: Path, suffix: str = ""):
+    """Yield a temporary file name beside ``path``; on success it becomes ``path`` (with the usual
+    permissions, ``0o666`` less the umask), on failure it is removed. Readers never see a partial file."""
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     """Luma ``Y = 0.299 R + 0.587 G + 0.114 B`` of an RGB(A) image; gray images pass through."""
     if image.ndim == 2:
@@ -100,18 +118,15 @@ def write_image(path: str | os.PathLike, image: np.ndarray, dtype: np.dtype | No
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=extension, dir=folder)
-    os.close(handle)
     try:
-        if extension == ".npy":
-            np.save(temporary, data)
-        else:
-            import imageio.v3 as iio
+        with atomic_output(path, extension) as temporary:
+            if extension == ".npy":
+                np.save(temporary, data)
+            else:
+                import imageio.v3 as iio
 
-            iio.imwrite(temporary, data, extension=extension)
-        os.replace(temporary, path)
+                iio.imwrite(temporary, data, extension=extension)
     except Exception as error:
-        Path(temporary).unlink(missing_ok=True)
         raise ImageError(f"{path}: cannot write image ({_first_line(error)})") from None
 
 

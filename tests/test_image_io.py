@@ -67,3 +67,14 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ImageError, match="unknown output format"):
         write_image(tmp_path / "a.gif2", np.zeros((4, 4)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_image(tmp_path / "a.png", np.zeros((4, 4)))
+        assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
