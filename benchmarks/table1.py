@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gmdm_cli.checkpoint import load_model, read_checkpoint, resolve_model_path
+from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import BOUNDARIES, METHODS, denoise_array, psnr
 from gmdm_cli.image_io import read_image
 from gmdm_cli.training import find_images
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     model = load_model(args.model, device=args.device)
-    metadata = read_checkpoint(resolve_model_path(args.model))["metadata"]
+    metadata = model.metadata
     paths = find_images([args.data])[: args.limit]
     images = [read_image(path)[0] for path in paths]
     sigmas = [float(s) for s in args.sigmas.split(",")]

@@ -372,22 +372,24 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
 def calibrate(model_name, image_dirs, output, count, seed, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
-    from .checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
-    from .image_io import to_gray
+    from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
     from .noise import CALIBRATION_SIGMAS, calibrate_noise
     from .training import TrainingDataError, find_images, load_training_images
 
     _check_target(output, overwrite)
-    model = _load_model(model_name, _device("cpu"))
+    try:
+        payload = read_checkpoint(resolve_model_path(model_name))
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    model = model_from_checkpoint(payload)
     try:
         paths = find_images(image_dirs)
         paths = paths[:: max(1, len(paths) // count)][:count]
-        images = [to_gray(image).astype("float64") for image in load_training_images(paths, model.patch_size)]
+        images = [image.astype("float64") for image in load_training_images(paths, model.patch_size)]
     except TrainingDataError as error:
         raise click.ClickException(str(error)) from None
     calibration = calibrate_noise(model, images, seed=seed)
     calibration["data"] = ", ".join(str(d) for d in image_dirs)
-    payload = read_checkpoint(resolve_model_path(model_name))
     save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": calibration},
                     payload.get("training"))
     for true, raw in zip(CALIBRATION_SIGMAS, calibration["raw"]):

@@ -75,13 +75,13 @@ def sample_image(model: PatchGMDM, height: int, width: int, count: int = 1,
     filters = model.filters
     shape = (count, 1, height, width)
     x = 0.5 + schedule[0] * torch.randn(shape, generator=generator, device=filters.device, dtype=filters.dtype)
+    def averaged_score(images, sigma):
+        return patch_average(model, image_patch_scores(model, images, time_from_sigma(sigma)))
+
     with torch.no_grad():
         for sigma in schedule:
-            t = time_from_sigma(sigma)
             step = delta * sigma**2
             for _ in range(steps):
-                score = patch_average(model, image_patch_scores(model, x, t))
                 noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + step * score + math.sqrt(2 * step) * noise
-        t = time_from_sigma(schedule[-1])
-        return x + schedule[-1] ** 2 * patch_average(model, image_patch_scores(model, x, t))
+                x = x + step * averaged_score(x, sigma) + math.sqrt(2 * step) * noise
+        return x + schedule[-1] ** 2 * averaged_score(x, schedule[-1])

@@ -28,7 +28,6 @@ class ExpertTable:
         dtype, device = model.filters.dtype, model.filters.device
         filters = model.filters.detach().double()
         self.t = float(t)
-        self.dtype = dtype
         self.variances64 = model.sigma0**2 + 2 * self.t * filters.pow(2).sum(1)  # (J,), Theorem 2
         self.log_weights = torch.log_softmax(model.logits.detach().double(), dim=1)  # (J, L)
         self.means = model.means.double()
