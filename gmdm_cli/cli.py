@@ -85,8 +85,11 @@ def cli():
               help="Append 'step loss seconds' lines to this file every 100 steps.")
 def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigma_max, seed, device,
           resume, checkpoint_every, log_path):
-    """Train a patch GMDM by denoising score matching on the images in IMAGE_DIRS."""
-    from .training import run_training, TrainingConfig, TrainingDataError
+    """Train a patch GMDM by denoising score matching on the images in IMAGE_DIRS.
+
+    Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
+    """
+    from .training import run_training, TrainingConfig, TrainingDataError, TrainingSetupError
     from .checkpoint import CheckpointError
 
     config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
@@ -95,11 +98,12 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
     try:
         summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
                                checkpoint_every=checkpoint_every, log_path=log_path)
-    except (TrainingDataError, CheckpointError) as error:
+    except (TrainingDataError, TrainingSetupError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"saved {output}: {summary['steps']} steps, final loss {summary['final_loss']:.6g} "
-               f"(mean of the last {summary['loss_window']} steps), {summary['wall_seconds']:.0f} s "
-               f"on {summary['device']}", err=True)
+    if summary["rank"] == 0:
+        click.echo(f"saved {output}: {summary['steps']} steps, final loss {summary['final_loss']:.6g} "
+                   f"(mean of the last {summary['loss_window']} steps), {summary['wall_seconds']:.0f} s "
+                   f"on {summary['device']}", err=True)
 
 
 @cli.command()

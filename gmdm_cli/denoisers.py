@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .model import PatchGMDM, image_patch_scores, image_responses, patch_average, patch_counts, time_from_sigma
-from .tables import ExpertTable
+from .tables import expert_table
+from .tiling import automatic_tile, tiled
 
 
 def _as_batch(image: torch.Tensor) -> torch.Tensor:
@@ -56,10 +57,35 @@ def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, exact:
     per-patch times always use the exact mixtures."""
     if exact or t.dim() > 0:
         return image_patch_scores(model, batch, t)
-    return ExpertTable(model, float(t)).score(image_responses(model, batch))
+    return expert_table(model, float(t)).score(image_responses(model, batch))
 
 
-def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
+def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
+                    tile: int | None = None) -> torch.Tensor:
+    """The patch-averaged Tweedie correction ``(1/C) sum_i P_i^T 2t_i grad log f(P_i x, t_i)`` (Eq. 3 on
+    every overlapping patch, stride 1, averaged at each pixel), ``(N, 1, H, W) -> (N, 1, H, W)``.
+
+    ``t`` is a number or one time per patch ``(N, 1, H-b+1, W-b+1)``. EB-PA adds it to the image; divided
+    by ``2t`` it is the patch-averaged score of HQS and Langevin sampling. Computed in tiles of
+    ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
+    model's device with the same result; ``images`` may stay on another device.
+    """
+    b, device = model.patch_size, model.filters.device
+    t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
+    tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
+
+    def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        times = times[..., :x.shape[-2] - b + 1, :x.shape[-1] - b + 1] if times.dim() else times
+        return patch_average(model, 2 * times * _patch_scores(model, x, times, exact))
+
+    if t.dim() == 0:
+        return tiled(lambda x: correction(x, t.to(x.device)), images, b - 1, tile, device=device)
+    # per-patch times, indexed by the patch's top-left pixel: padded to the image's shape to tile alike
+    return tiled(correction, images, b - 1, tile, (F.pad(t, (0, b - 1, 0, b - 1)),), device)
+
+
+def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", exact: bool = False,
+         tile: int | None = None) -> torch.Tensor:
     """EB-PA estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, [0, 1] scale) at noise level
     ``sigma`` (same scale): a number, or, with ``boundary="valid"``, one value per patch
     ``(N, 1, H-b+1, W-b+1)``.
@@ -69,11 +95,10 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     pixels first, so every pixel is covered by ``b^2`` patches, and crops the result.
     With a single ``sigma`` the experts are evaluated through an :class:`ExpertTable` (interpolated,
     relative error ~1e-4) unless ``exact``; per-patch maps always use the exact mixtures.
-    Returns a tensor shaped like ``noisy``; not clipped.
+    ``tile``: see :func:`tweedie_average`. Returns a tensor shaped like ``noisy``; not clipped.
     """
     batch, sigma, (rows, columns) = _prepare(model, noisy, sigma, boundary)
-    scores = _patch_scores(model, batch, time_from_sigma(sigma), exact)
-    estimate = batch + patch_average(model, sigma**2 * scores)
+    estimate = tweedie_average(model, batch, time_from_sigma(sigma), exact, tile).add_(batch)
     return estimate[..., rows, columns].reshape(noisy.shape)
 
 
@@ -88,7 +113,8 @@ def hqs_schedule(sigma: float, iterations: int = 6, start: float = 0.5, end: flo
 
 
 def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[float] | None = None,
-        data_weight: float | None = None, boundary: str = "valid", exact: bool = False) -> torch.Tensor:
+        data_weight: float | None = None, boundary: str = "valid", exact: bool = False,
+        tile: int | None = None) -> torch.Tensor:
     """Half-quadratic splitting (Zoran & Weiss; Sec. 4.3): minimise
     ``(lambda/2)||x - y||^2 - sum_i log f(P_i x, t)`` by alternating, for each ``t`` of ``schedule``,
 
@@ -96,13 +122,14 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
     * ``x = (lambda y + beta sum_i P_i^T z_i) / (lambda + beta C)``, ``beta = 1 / (2t)``,
       ``lambda = data_weight / sigma^2``.
 
-    Since ``beta 2t = 1`` the pixel update is ``(lambda y + beta C x + C s(x)) / (lambda + beta C)`` with
-    ``s`` the patch-averaged score. Default schedule: :func:`hqs_schedule`. The prior sums over all
+    Since ``sum_i P_i^T z_i = C (x + tweedie_average(x, t))``, the pixel update is the weighted mean of ``y`` and
+    the EB-PA estimate of ``x`` at time ``t``. Default schedule: :func:`hqs_schedule`. The prior sums over all
     overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` rebalances the
     data term (EPLL uses ``lambda = N / sigma^2``, N pixels per patch). With ``data_weight = 1`` the prior
     dominates and HQS over-smooths (it then loses to EB-PA). The defaults (6 steps from
     ``0.5 sigma^2 / 2`` to ``sigma^2 / 256``, data weight 16) are provisional: the best of a small grid on
     crops of 5 training images at sigma 25; ``benchmarks/tune_hqs.py`` runs the full search.
+    ``tile``: see :func:`tweedie_average` (each iteration is tiled, so the halo stays ``b - 1``).
     """
     batch, sigma_tensor, (rows, columns) = _prepare(model, noisy, sigma, boundary)
     if sigma_tensor.dim() > 0:
@@ -113,8 +140,7 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
     x = batch
     for t in schedule:
         beta = 1 / (2 * t)
-        score = patch_average(model, _patch_scores(model, x, torch.as_tensor(t, dtype=x.dtype), exact))
-        x = (weight * batch + counts * (beta * x + score)) / (weight + beta * counts)
+        x = (weight * batch + beta * counts * (x + tweedie_average(model, x, t, exact, tile))) / (weight + beta * counts)
     return x[..., rows, columns].reshape(noisy.shape)
 
 
@@ -128,22 +154,24 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
-def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid"):
+def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
+                  tile: int | None = None):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA with every
     patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
     denoised directly; colour ``(H, W, 3|4)`` images channel by channel with the gray prior, alpha
-    passed through. Runs on the model's device, returns float64 numpy, unclipped.
+    passed through. The image stays in host memory; tiles (``tile``, see :func:`tweedie_average`) run on
+    the model's device. Returns float64 numpy, unclipped.
     """
     import numpy as np
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    device, dtype = model.filters.device, model.filters.dtype
+    dtype = model.filters.dtype
     channels = image[..., None] if image.ndim == 2 else image
     colour = channels.shape[-1] if channels.shape[-1] != 4 else 3
-    stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype, device=device)
+    stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype)
     with torch.no_grad():
         if np.ndim(sigma) == 2:
             if method != "ebpa" or boundary != "valid":
@@ -153,11 +181,14 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
             b, half = model.patch_size, model.patch_size // 2
             rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
             centres = np.asarray(sigma)[half:half + rows, half:half + columns]
-            result = ebpa(model, stack, torch.as_tensor(centres, dtype=dtype, device=device)[None, None])
+            result = ebpa(model, stack, torch.as_tensor(centres, dtype=dtype)[None, None], tile=tile)
         elif method == "ebpa":
-            result = ebpa(model, stack, sigma, boundary)
+            result = ebpa(model, stack, sigma, boundary, tile=tile)
         else:
-            result = hqs(model, stack, sigma, boundary=boundary)
+            result = hqs(model, stack, sigma, boundary=boundary, tile=tile)
+    del stack
+    if image.ndim == 2:
+        return result[0, 0].numpy().astype(np.float64)
     output = np.array(channels, dtype=np.float64)
-    output[..., :colour] = np.moveaxis(result[:, 0].double().cpu().numpy(), 0, -1)
-    return output[..., 0] if image.ndim == 2 else output
+    output[..., :colour] = np.moveaxis(result[:, 0].double().numpy(), 0, -1)
+    return output

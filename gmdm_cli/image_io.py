@@ -93,6 +93,17 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return image[..., :3] @ np.array([0.299, 0.587, 0.114])
 
 
+def quantise(image: np.ndarray, dtype, rows: int = 512) -> np.ndarray:
+    """``round(clip(image, 0, 1) * max)`` as the integer ``dtype``, a block of ``rows`` rows at a time so
+    that a large image needs no full-size float temporaries."""
+    scale = np.iinfo(dtype).max
+    image = np.asarray(image)
+    data = np.empty(image.shape, dtype=dtype)
+    for top in range(0, max(image.shape[0], 1), rows):
+        data[top:top + rows] = np.round(np.clip(image[top:top + rows], 0, 1) * scale)
+    return data
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, dtype: np.dtype | None = None) -> None:
     """Write ``image`` (float, [0, 1] scale) to ``path``, atomically.
 
@@ -113,8 +124,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, dtype: np.dtype | No
             dtype = np.dtype(np.uint8)
         elif np.issubdtype(dtype, np.floating):
             dtype = np.dtype(np.uint16)
-        scale = np.iinfo(dtype).max
-        data = np.round(np.clip(image, 0, 1) * scale).astype(dtype)
+        data = quantise(image, dtype)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: folder {folder} does not exist")

@@ -72,9 +72,18 @@ class PatchGMDM(torch.nn.Module):
         return self.logits.shape[1]
 
     @property
+    def num_filters(self) -> int:
+        return self.filters.shape[0]
+
+    @property
     def sigma0(self) -> float:
         """Shared component standard deviation ``sigma_0 = 2 gamma / (L - 1)`` (Sec. 4.1)."""
         return 2 * self.gamma / (self.num_components - 1)
+
+    def forward(self, patches: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie estimate of noisy patches ``(N, a)`` at times ``t`` (:func:`patch_tweedie`, Eq. 3): the
+        map that denoising score matching trains, so that ``DistributedDataParallel`` can wrap the model."""
+        return patch_tweedie(self, patches, t)
 
     def kernels(self) -> torch.Tensor:
         """Filters as convolution kernels, ``(J, 1, b, b)``."""
@@ -245,8 +254,13 @@ def patch_average(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
 
 def patch_counts(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
     """``C = sum_i P_i^T P_i 1``: how many "valid" ``b x b`` patches cover each pixel of ``images``
-    ``(..., H, W)``; ``(1, 1, H, W)``."""
+    ``(..., H, W)``; ``(1, 1, H, W)``. Separable: pixel ``r`` of a side of ``n`` pixels lies in
+    ``min(r + 1, b, n - r, n - b + 1)`` patch positions along that side."""
     b = model.patch_size
+
+    def along(n: int) -> torch.Tensor:
+        r = torch.arange(n, dtype=images.dtype, device=images.device)
+        return torch.minimum(torch.minimum(r + 1, n - r), torch.tensor(float(min(b, n - b + 1)), dtype=images.dtype, device=images.device))
+
     height, width = images.shape[-2:]
-    ones = images.new_ones(1, 1, height - b + 1, width - b + 1)
-    return F.conv_transpose2d(ones, images.new_ones(1, 1, b, b))
+    return (along(height)[:, None] * along(width)[None, :])[None, None]

@@ -87,12 +87,12 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
 
 def patch_energies(model: PatchGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated experts)."""
-    from .tables import ExpertTable
+    from .tables import expert_table
 
     images = image if image.dim() == 4 else image[None, None]
     with torch.no_grad():
         z = image_responses(model, images.to(model.filters.dtype))  # (1, J, h, w)
-        return torch.stack([ExpertTable(model, float(time_from_sigma(s))).energy(z).sum(1)[0] for s in sigmas])
+        return torch.stack([expert_table(model, float(time_from_sigma(s))).energy(z).sum(1)[0] for s in sigmas])
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

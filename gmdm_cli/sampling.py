@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from .model import PatchGMDM, image_patch_scores, patch_average, time_from_sigma
+from .denoisers import tweedie_average
+from .model import PatchGMDM, time_from_sigma
 
 
 def sample_patches(model: PatchGMDM, count: int, sigma: float, generator: torch.Generator | None = None,
@@ -76,7 +77,7 @@ def sample_image(model: PatchGMDM, height: int, width: int, count: int = 1,
     shape = (count, 1, height, width)
     x = 0.5 + schedule[0] * torch.randn(shape, generator=generator, device=filters.device, dtype=filters.dtype)
     def averaged_score(images, sigma):
-        return patch_average(model, image_patch_scores(model, images, time_from_sigma(sigma)))
+        return tweedie_average(model, images, time_from_sigma(sigma)) / sigma**2
 
     with torch.no_grad():
         for sigma in schedule:

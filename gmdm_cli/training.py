@@ -5,11 +5,17 @@ noise levels ``sigma = sqrt(2t) ~ U[0, sigma_max]`` (one per patch), ``y = x + s
 minimise the mean over the batch of ``||x - y - sigma^2 grad log f(y, t)||^2 / a`` (Eq. 4,
 per pixel). The optimiser is Adam on ``(filters, logits)``; after every update the filters are
 put back on the constraint set by Algorithm 1 (zero mean, pairwise orthogonal).
+
+Under ``torchrun --nproc_per_node=N`` the batch is split over N processes (gloo on CPU, nccl on CUDA) and
+``DistributedDataParallel`` averages the gradients: every process draws the same global batch from the same
+random stream and trains on its ``B / N`` rows, so the run follows the one-process run up to the order of
+floating-point sums, and ``--resume`` works alike.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +23,16 @@ import numpy as np
 import torch
 
 from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, to_gray
-from .model import PatchGMDM, patch_tweedie, time_from_sigma
+from .model import PatchGMDM, time_from_sigma
 from .projection import orthogonal_projection
 
 
 class TrainingDataError(ValueError):
     """Training images that cannot be used; the message says which and why."""
+
+
+class TrainingSetupError(ValueError):
+    """Options that do not fit the run (e.g. a batch that does not split over the processes)."""
 
 
 def find_images(folders: list[str | Path]) -> list[Path]:
@@ -96,7 +106,7 @@ class PatchSampler:
 def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Denoising score matching (Eq. 4): mean ``||x - x_EB(y)||^2 / a`` with ``y = x + sigma n``."""
     noisy = clean + sigma[:, None] * noise
-    estimate = patch_tweedie(model, noisy, time_from_sigma(sigma))
+    estimate = model(noisy, time_from_sigma(sigma))  # patch_tweedie, through the module (or its DDP wrapper)
     return (estimate - clean).pow(2).mean()
 
 
@@ -119,12 +129,36 @@ def learning_rate(config: TrainingConfig, step: int) -> float:
     return low + 0.5 * (high - low) * (1 + math.cos(math.pi * progress))
 
 
+def distributed_setup(device: torch.device) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)`` of this process: ``(0, 1, device)`` alone, and under ``torchrun`` the
+    process group (nccl for CUDA, gloo otherwise) is joined and CUDA processes take their local GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
 class Trainer:
-    """State of a training run: model, Adam, RNG and step count; checkpointable at any step."""
+    """State of a training run: model, Adam, RNG and step count; checkpointable at any step.
+
+    With ``world_size > 1`` (a process group is initialised) this process trains on rows
+    ``rank * B / N ... (rank + 1) * B / N`` of every global batch through ``DistributedDataParallel``.
+    """
 
     def __init__(self, config: TrainingConfig, sampler: PatchSampler, device="cpu",
-                 model: PatchGMDM | None = None):
+                 model: PatchGMDM | None = None, rank: int = 0, world_size: int = 1):
+        if config.batch_size % world_size:
+            raise TrainingSetupError(f"--batch-size {config.batch_size} does not split evenly over "
+                                     f"{world_size} processes")
         self.config = config
+        self.rank, self.world_size = rank, world_size
         self.sampler = sampler
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
@@ -135,6 +169,11 @@ class Trainer:
             with torch.no_grad():
                 model.filters.copy_(orthogonal_projection(model.filters, config.projection_steps))
         self.model = model.to(self.device)
+        self.network = self.model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.step = 0
 
@@ -146,13 +185,21 @@ class Trainer:
         clean = self.sampler.sample(config.batch_size, self.generator)
         sigma = config.sigma_max * torch.rand(config.batch_size, generator=self.generator, device=self.device)
         noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
-        loss = dsm_loss(self.model, clean, sigma, noise)
+        rows = slice(self.rank * config.batch_size // self.world_size,
+                     (self.rank + 1) * config.batch_size // self.world_size)
+        loss = dsm_loss(self.network, clean[rows], sigma[rows], noise[rows])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DistributedDataParallel averages the gradients over the processes here
         self.optimizer.step()
         with torch.no_grad():
             self.model.filters.copy_(orthogonal_projection(self.model.filters, config.projection_steps))
         self.step += 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world_size
         return loss.item()
 
     def state(self) -> dict:
@@ -184,6 +231,8 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_checkpoint
 
     output = Path(output)
+    rank, world_size, device = distributed_setup(torch.device(device))
+    progress, log_path = progress and rank == 0, log_path if rank == 0 else None
     previous = None
     if resume:
         if not output.is_file():
@@ -196,7 +245,7 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
             raise CheckpointError(f"{output}: was trained with --patch-size {saved['patch_size']}, "
                                   f"not {config.patch_size}")
         config = TrainingConfig(**{**saved, "steps": config.steps})
-    elif output.exists():
+    elif output.exists() and rank == 0:
         raise CheckpointError(f"{output}: exists (use --resume to continue it, or choose another name)")
     if not output.parent.is_dir():
         raise CheckpointError(f"{output}: folder {output.parent} does not exist")
@@ -204,7 +253,7 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     paths = find_images(image_dirs)
     sampler = PatchSampler(load_training_images(paths, config.patch_size), config.patch_size, device)
     model = model_from_checkpoint(previous) if previous is not None else None
-    trainer = Trainer(config, sampler, device, model)
+    trainer = Trainer(config, sampler, device, model, rank, world_size)
     elapsed = 0.0
     if previous is not None:
         trainer.restore(previous["training"])
@@ -216,15 +265,16 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         "batch_size": config.batch_size,
         "sigma_max": config.sigma_max,
         "seed": config.seed,
-        "device": str(torch.device(device)),
+        "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
     }
     recent: list[float] = []
     window = 200
 
     def save():
         final_loss = sum(recent) / len(recent) if recent else float("nan")
-        save_checkpoint(output, trainer.model, {**metadata, "steps": trainer.step, "final_loss": final_loss,
-                                                 "wall_seconds": elapsed}, trainer.state())
+        if rank == 0:
+            save_checkpoint(output, trainer.model, {**metadata, "steps": trainer.step, "final_loss": final_loss,
+                                                     "wall_seconds": elapsed}, trainer.state())
         return final_loss
 
     log = open(log_path, "a") if log_path is not None else None
@@ -250,4 +300,4 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
             log.close()
     final_loss = save()
     return {"steps": trainer.step, "final_loss": final_loss, "loss_window": len(recent),
-            "wall_seconds": elapsed, "device": str(torch.device(device))}
+            "wall_seconds": elapsed, "device": metadata["device"], "rank": rank}

@@ -141,3 +141,38 @@ def test_empty_and_unreadable_training_folders_are_refused(tmp_path):
     (broken / "a.png").write_bytes(b"not a png")
     with pytest.raises(TrainingDataError, match="a.png"):
         run_training(TrainingConfig(patch_size=3, steps=1), [broken], tmp_path / "m.pt", progress=False)
+
+
+def test_two_processes_under_torchrun_follow_the_one_process_run(tmp_path):
+    """DistributedDataParallel over 2 gloo processes: each trains on half of the same global batch, the
+    gradients are averaged, so the model equals the one-process model up to float summation order."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    arguments = ["train", str(folder), "--patch-size", "3", "--steps", "30", "--batch-size", "512",
+                 "--device", "cpu", "--checkpoint-every", "10"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "gmdm_cli", *arguments, "-o", str(tmp_path / "one.pt")],
+                            capture_output=True, text=True, env=environment, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "gmdm_cli", *arguments, "-o", str(tmp_path / "two.pt")],
+                            capture_output=True, text=True, env=environment, timeout=300)
+    assert double.returncode == 0, double.stderr
+    one, two = read_checkpoint(tmp_path / "one.pt"), read_checkpoint(tmp_path / "two.pt")
+    assert two["metadata"]["device"] == "cpu x 2 processes" and two["metadata"]["steps"] == 30
+    assert torch.allclose(one["filters"], two["filters"], atol=1e-4)
+    assert torch.allclose(one["logits"], two["logits"], atol=1e-4)
+    assert abs(one["metadata"]["final_loss"] - two["metadata"]["final_loss"]) < 1e-5
+    # and the training moved the model: the agreement is not that of two untrained models
+    assert (one["filters"] - PatchGMDM_initial_filters()).abs().max() > 1e-2
+
+
+def PatchGMDM_initial_filters():
+    from gmdm_cli.model import PatchGMDM
+    from gmdm_cli.projection import orthogonal_projection
+
+    model = PatchGMDM.initial(3, generator=torch.Generator().manual_seed(0))
+    return orthogonal_projection(model.filters.detach(), 3)
