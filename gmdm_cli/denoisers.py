@@ -155,23 +155,27 @@ def psnr(estimate, clean) -> float:
 
 
 def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
-                  tile: int | None = None):
+                  tile: int | None = None, colour: str = "rgb"):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA with every
     patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
-    denoised directly; colour ``(H, W, 3|4)`` images channel by channel with the gray prior, alpha
-    passed through. The image stays in host memory; tiles (``tile``, see :func:`tweedie_average`) run on
-    the model's device. Returns float64 numpy, unclipped.
+    denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
+    :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. The image stays in host
+    memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. Returns float64 numpy,
+    unclipped.
     """
     import numpy as np
+
+    from .colour import from_channels, noise_gains, to_channels
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     dtype = model.filters.dtype
-    channels = image[..., None] if image.ndim == 2 else image
-    colour = channels.shape[-1] if channels.shape[-1] != 4 else 3
-    stack = torch.as_tensor(np.moveaxis(channels[..., :colour], -1, 0)[:, None], dtype=dtype)
+    gray = image.ndim == 2
+    channels = image[..., None] if gray else to_channels(image[..., :3], colour)
+    gains = np.ones(1) if gray else noise_gains(colour)
+    stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
     with torch.no_grad():
         if np.ndim(sigma) == 2:
             if method != "ebpa" or boundary != "valid":
@@ -180,15 +184,19 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
                 raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
             b, half = model.patch_size, model.patch_size // 2
             rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
-            centres = np.asarray(sigma)[half:half + rows, half:half + columns]
-            result = ebpa(model, stack, torch.as_tensor(centres, dtype=dtype)[None, None], tile=tile)
-        elif method == "ebpa":
-            result = ebpa(model, stack, sigma, boundary, tile=tile)
+            centres = torch.as_tensor(np.asarray(sigma)[half:half + rows, half:half + columns], dtype=dtype)
+            levels = centres * torch.as_tensor(gains, dtype=dtype)[:, None, None, None]
+            result = ebpa(model, stack, levels, tile=tile)
         else:
-            result = hqs(model, stack, sigma, boundary=boundary, tile=tile)
-    del stack
-    if image.ndim == 2:
+            def channel(k: int) -> torch.Tensor:
+                if method == "ebpa":
+                    return ebpa(model, stack[k:k + 1], sigma * gains[k], boundary, tile=tile)
+                return hqs(model, stack[k:k + 1], sigma * gains[k], boundary=boundary, tile=tile)
+
+            result = torch.cat([channel(k) for k in range(len(gains))])
+    stack = None  # free it before the float64 output exists
+    if gray:
         return result[0, 0].numpy().astype(np.float64)
-    output = np.array(channels, dtype=np.float64)
-    output[..., :colour] = np.moveaxis(result[:, 0].double().numpy(), 0, -1)
+    output = np.array(image, dtype=np.float64)
+    output[..., :3] = from_channels(np.moveaxis(result[:, 0].double().numpy(), 0, -1), colour)
     return output

@@ -153,22 +153,21 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-LUMA_NOISE_GAIN = math.sqrt(0.299**2 + 0.587**2 + 0.114**2)  # std of luma noise / std of channel noise
-
-
 def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = 31):
     """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
 
-    Colour images are measured on their luma and reported per channel (independent noise of the
-    same level in every channel). Estimates go through the model's noise calibration when its
+    Colour images are measured on their intensity ``(R + G + B) / 3`` (the first opponent channel of
+    :mod:`gmdm_cli.colour`, noise level ``sigma / sqrt(3)`` for independent noise of level ``sigma`` in every
+    channel) and reported per RGB channel. Estimates go through the model's noise calibration when its
     checkpoint carries one.
     """
     import numpy as np
 
-    from .image_io import to_gray
+    from .colour import noise_gains, to_channels
 
-    gray = to_gray(np.asarray(image, dtype=np.float64))
-    gain = 1.0 if np.ndim(image) == 2 else LUMA_NOISE_GAIN
+    image = np.asarray(image, dtype=np.float64)
+    gray = image if image.ndim == 2 else to_channels(image[..., :3], "opponent")[..., 0]
+    gain = 1.0 if image.ndim == 2 else noise_gains("opponent")[0]
     tensor = torch.as_tensor(gray, dtype=model.filters.dtype, device=model.filters.device)
     calibration = model.metadata.get("noise_calibration")
     sigma = apply_calibration(estimate_global_sigma(model, tensor), calibration) / gain

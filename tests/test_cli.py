@@ -195,3 +195,37 @@ def test_blind_denoising_and_known_noise_maps(tmp_path, camera):
     bad = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "x.npy"),
                               "--sigma", "10", "--blind"])
     assert bad.exit_code == 2
+
+
+def test_pipeline_from_stdin_to_stdout_in_a_real_shell(tmp_path, camera, noisy_png):
+    """`cat a.png | gmdm denoise - -o - --sigma 25 > b.png`, and `--format npy` for float output."""
+    import imageio.v3 as iio
+
+    command = f"cat '{noisy_png}' | gmdm denoise - -o - --sigma 25 --device cpu > '{tmp_path / 'b.png'}'"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    denoised = iio.imread(tmp_path / "b.png")
+    assert denoised.dtype == np.uint8 and _psnr(denoised / 255, camera) > _psnr(iio.imread(noisy_png) / 255, camera) + 4
+    result = subprocess.run(["gmdm", "denoise", "-", "-o", "-", "--sigma", "25", "--format", "npy", "--quiet"],
+                            input=noisy_png.read_bytes(), capture_output=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == b""
+    import io
+
+    assert np.allclose(np.load(io.BytesIO(result.stdout)), denoised / 255, atol=0.5 / 255 + 1e-6)
+
+
+def test_json_records_and_quiet(tmp_path, noisy_png):
+    import json
+
+    (tmp_path / "out").mkdir()
+    result = CliRunner().invoke(cli, ["denoise", str(noisy_png), "--output-dir", str(tmp_path / "out"), "--sigma",
+                                      "25", "--format", "tif", "--json", "--quiet"])
+    assert result.exit_code == 0 and result.stderr == ""
+    record = json.loads(result.stdout)
+    assert record["status"] == "ok" and record["output"] == str(tmp_path / "out" / "noisy.tif")
+    assert record["sigma"] == 25 and (tmp_path / "out" / "noisy.tif").is_file()
+    result = CliRunner().invoke(cli, ["estimate-noise", str(noisy_png), "missing.png", "--json"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[0]["status"] == "ok" and 15 < records[0]["sigma"] < 35
+    assert records[1] == {"path": "missing.png", "status": "error", "error": "missing.png: no such file"}
