@@ -50,8 +50,6 @@ def test_image(size: str):
 
 def load(model_name: str, device: str):
     """A shipped model, or, when it is not shipped yet, untrained weights of its size (same cost)."""
-    import torch
-
     from gmdm_cli.checkpoint import CheckpointError, load_model
     from gmdm_cli.model import PatchGMDM
 
@@ -269,9 +267,9 @@ def main(argv=None) -> int:
                          f"{record['median']:.3f} | {record['psnr']:.2f} | {record['rss']:.0f} |")
         for name in ("nl_means", "bm3d"):
             if name == "bm3d":
-                try:
-                    import bm3d  # noqa: F401
-                except ImportError:
+                import importlib.util
+
+                if importlib.util.find_spec("bm3d") is None:
                     show(f"| bm3d | - | {size} | cpu | - | not installed (pip install bm3d) | - | - |")
                     continue
             record = run_child(args.threads, "reference", name, size, args.repeats)

@@ -7,6 +7,8 @@ Heavy modules are imported on first use, so ``import gmdm_cli`` stays cheap.
 
 from __future__ import annotations
 
+import functools
+
 __version__ = "0.1.0"
 __all__ = ["load_model", "denoise", "estimate_noise"]
 
@@ -31,9 +33,15 @@ def load_model(name="7x7", device="cpu"):
 
 
 def _model(model):
+    """A loaded model as it is; a name or path loaded once per process (its expert tables are kept with it)."""
     from .model import PatchGMDM
 
-    return model if isinstance(model, PatchGMDM) else load_model(model)
+    return model if isinstance(model, PatchGMDM) else _loaded(str(model))
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(name):
+    return load_model(name)
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",

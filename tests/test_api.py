@@ -10,7 +10,7 @@ from gmdm_cli.colour import from_channels, noise_gains, to_channels
 
 @pytest.fixture(scope="module")
 def model():
-    return gmdm_cli.load_model("7x7")
+    return "7x7"  # by name: loaded once per process with its expert tables, shared with the README examples
 
 
 def _psnr(estimate, clean):

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import random_model
-from gmdm_cli.checkpoint import save_checkpoint
 from gmdm_cli.cli import cli
 
 
