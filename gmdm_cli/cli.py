@@ -6,6 +6,7 @@ answers at once.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -26,12 +27,22 @@ def _device(name: str):
 
 
 def _load_model(name: str, device):
-    from .checkpoint import CheckpointError, load_model
+    """The model, loaded once per process for a given file version and device (it carries its expert tables)."""
+    from .checkpoint import CheckpointError, resolve_model_path
 
     try:
-        return load_model(name, device=device)
+        path = resolve_model_path(name)
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        return _cached_model(str(path), str(device), stamp)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(path: str, device: str, stamp):
+    from .checkpoint import load_model
+
+    return load_model(path, device=device)
 
 
 def _check_target(target: Path, overwrite: bool, inputs=()) -> None:

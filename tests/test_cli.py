@@ -193,6 +193,16 @@ def test_blind_denoising_and_known_noise_maps(tmp_path, camera):
     bad = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "x.npy"),
                               "--sigma", "10", "--blind"])
     assert bad.exit_code == 2
+    # colour: the same noise in every channel; blind denoising and estimation work on it too
+    rgb = np.stack([camera, camera[::-1], camera.T], -1)
+    noisy_rgb = rgb + truth[..., None] / 255 * np.random.default_rng(7).standard_normal(rgb.shape)
+    np.save(tmp_path / "rgb.npy", noisy_rgb)
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "rgb.npy"), "-o", str(tmp_path / "rgb-blind.npy"), "--blind"])
+    assert result.exit_code == 0, result.output
+    denoised = np.load(tmp_path / "rgb-blind.npy")
+    assert denoised.shape == rgb.shape and _psnr(denoised, rgb) > _psnr(noisy_rgb, rgb) + 4
+    result = runner.invoke(cli, ["estimate-noise", str(tmp_path / "rgb.npy"), "--json"])
+    assert result.exit_code == 0 and 10 < __import__("json").loads(result.stdout)["sigma"] < 30
 
 
 def test_pipeline_from_stdin_to_stdout_in_a_real_shell(tmp_path, camera, noisy_png):

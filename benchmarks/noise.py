@@ -1,0 +1,161 @@
+"""Noise estimation and blind denoising with a GMDM (Sec. 4.4, Figs. 3-4 of the paper).
+
+    python benchmarks/noise.py --markdown benchmarks/results/noise.md --figure benchmarks/results/fig4.png
+
+In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image, not clipped):
+
+* homoscedastic: noise sigma in {5, 10, 15, 25, 50, 75, 100}: mean absolute error and bias (0-255 scale) of
+  the global estimate (the model's calibrated argmin, and the raw argmin), with
+  ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs PyWavelets) beside it;
+* heteroscedastic (Fig. 3), on the first ``--map-images`` images: sigma 0.1 / 0.2 on a checkerboard of
+  64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (pooled energies, and
+  the raw per-patch argmin), and PSNR of blind EB-PA (estimated map) against EB-PA with the true map and with
+  the single RMS sigma of the image;
+* Fig. 4: the expected normalised negative log-density of noisy patches, mean over the images, on a grid of
+  the true noise level sigma and the model's sqrt(2t), with the argmin over t per sigma, as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gmdm_cli.checkpoint import load_model
+from gmdm_cli.denoisers import denoise_array, psnr
+from gmdm_cli.image_io import read_image
+from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, estimate_noise, estimate_sigma_map,
+                            mean_patch_energy, response_histograms)
+from gmdm_cli.training import find_images
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
+SIGMAS = (5, 10, 15, 25, 50, 75, 100)
+
+
+def homoscedastic(model, images, seed, show):
+    from skimage.restoration import estimate_sigma
+
+    calibration = model.metadata.get("noise_calibration")
+    show("## Global noise level (0-255 scale)")
+    show()
+    show("| sigma | gmdm MAE | gmdm bias | raw argmin MAE | raw argmin bias | estimate_sigma MAE | estimate_sigma bias |")
+    show("|---|---|---|---|---|---|---|")
+    for sigma in SIGMAS:
+        ours, raw, reference = [], [], []
+        for index, clean in enumerate(images):
+            noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
+            tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
+            estimate = estimate_global_sigma(model, tensor)
+            raw.append(255 * estimate)
+            ours.append(255 * apply_calibration(estimate, calibration))
+            reference.append(255 * estimate_sigma(noisy))
+        cells = []
+        for values in (ours, raw, reference):
+            error = np.asarray(values) - sigma
+            cells += [f"{np.abs(error).mean():.2f}", f"{error.mean():+.2f}"]
+        show(f"| {sigma} | " + " | ".join(cells) + " |")
+
+
+def heteroscedastic(model, images, seed, show):
+    show()
+    show("## Heteroscedastic noise (Fig. 3)")
+    show()
+    show("| pattern | map RMSE (pooled) | map RMSE (raw per patch) | blind EB-PA | EB-PA, true map | EB-PA, RMS sigma |")
+    show("|---|---|---|---|---|---|")
+    for name in ("checkerboard 0.1 / 0.2", "ramp 0.02 -> 0.2"):
+        rows = {key: [] for key in ("pooled", "raw", "blind", "true", "rms")}
+        for index, clean in enumerate(images):
+            height, width = clean.shape
+            if name.startswith("checker"):
+                squares = (np.arange(height)[:, None] // 64 + np.arange(width)[None] // 64) % 2
+                truth = np.where(squares == 0, 0.1, 0.2)
+            else:
+                truth = np.broadcast_to(np.linspace(0.02, 0.2, width)[None], (height, width))
+            noisy = clean + truth * np.random.default_rng(seed + index).standard_normal(clean.shape)
+            _, estimated = estimate_noise(model, noisy, noise_map=True)
+            tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
+            with torch.no_grad():
+                raw_map = apply_calibration(estimate_sigma_map(model, tensor, window=1).double().numpy(),
+                                            model.metadata.get("noise_calibration"))
+            rows["pooled"].append(255 * np.sqrt(np.mean((estimated - truth) ** 2)))
+            rows["raw"].append(255 * np.sqrt(np.mean((raw_map - truth) ** 2)))
+            rows["blind"].append(psnr(denoise_array(model, noisy, estimated), clean))
+            rows["true"].append(psnr(denoise_array(model, noisy, np.array(truth)), clean))
+            rows["rms"].append(psnr(denoise_array(model, noisy, float(np.sqrt(np.mean(truth**2)))), clean))
+        means = {key: float(np.mean(values)) for key, values in rows.items()}
+        show(f"| {name} | {means['pooled']:.2f} | {means['raw']:.2f} | {means['blind']:.2f} dB | "
+             f"{means['true']:.2f} dB | {means['rms']:.2f} dB |")
+
+
+def figure4(model, images, seed, path: Path, show):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true_sigmas = np.linspace(0, 0.4, 21)
+    model_sigmas = np.linspace(0, 0.5, 51)
+    energy = np.zeros((len(true_sigmas), len(model_sigmas)))
+    for index, clean in enumerate(images):
+        for i, sigma in enumerate(true_sigmas):
+            noisy = clean + sigma * np.random.default_rng(seed + index).standard_normal(clean.shape)
+            histograms = response_histograms(model, torch.as_tensor(noisy, dtype=model.filters.dtype)[None, None])
+            energy[i] += [mean_patch_energy(model, histograms, s) for s in model_sigmas]
+    energy /= len(images)
+    figure, axis = plt.subplots(figsize=(6, 4.5), dpi=120)
+    shown = axis.imshow(energy.T, origin="lower", aspect="auto", cmap="viridis",
+                        extent=(0, 255 * true_sigmas[-1], 0, 255 * model_sigmas[-1]),
+                        vmax=np.percentile(energy, 90))
+    axis.plot(255 * true_sigmas, 255 * model_sigmas[energy.argmin(1)], "w.-", label="argmin over t")
+    axis.plot([0, 102], [0, 102], "r--", linewidth=0.8, label="sqrt(2t) = sigma")
+    axis.set_xlabel("noise level sigma (0-255)")
+    axis.set_ylabel("model sqrt(2t) (0-255)")
+    axis.legend(loc="upper left")
+    figure.colorbar(shown, label="mean -log f(patch, t)")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    show()
+    show(f"Fig. 4: `{path}` (mean over {len(images)} images).")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="7x7")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--map-images", type=int, default=8, help="images for the heteroscedastic part and Fig. 4")
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--figure", type=Path, help="write Fig. 4 here (needs matplotlib)")
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    images = [read_image(path)[0] for path in find_images([args.data])]
+    lines = [f"# Noise estimation ({date.today()})", "",
+             f"`python benchmarks/noise.py {' '.join(argv if argv is not None else sys.argv[1:])}`: model "
+             f"{args.model} (calibration: {'yes' if model.metadata.get('noise_calibration') else 'none'}), "
+             f"{len(images)} images of {args.data.name}.", ""]
+
+    def show(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    started = time.perf_counter()
+    homoscedastic(model, images, args.seed, show)
+    heteroscedastic(model, images[: args.map_images], args.seed, show)
+    if args.figure:
+        figure4(model, images[: args.map_images], args.seed, args.figure, show)
+    show()
+    show(f"{time.perf_counter() - started:.0f} s")
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
