@@ -148,7 +148,10 @@ class _Report:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            (self.bar.console.print if self.bar else lambda m: click.echo(m, err=True))(message)
+            if self.bar:
+                self.bar.console.print(message, markup=False, highlight=False)
+            else:
+                click.echo(message, err=True)
 
     def error(self, path: Path, error: Exception) -> None:
         """One input failed: say why (and, with --json, record it); go on with the next."""
@@ -250,6 +253,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
     to_stdout = output is not None and str(output) == "-"
     if to_stdout and as_json:
         raise click.UsageError("--json and -o - both write to standard output")
+    if to_stdout and sys.stdout.isatty():
+        raise click.UsageError("-o -: standard output is a terminal; redirect it to a file or a pipe")
     suffix = f".{output_format}" if output_format else None
     if output is not None:
         targets = [output]

@@ -75,7 +75,9 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        times = times[..., :x.shape[-2] - b + 1, :x.shape[-1] - b + 1] if times.dim() else times
+        if times.dim() == 0:  # one t: scale the (J times smaller) average instead of the scores
+            return patch_average(model, _patch_scores(model, x, times, exact)).mul_(2 * times)
+        times = times[..., :x.shape[-2] - b + 1, :x.shape[-1] - b + 1]
         return patch_average(model, 2 * times * _patch_scores(model, x, times, exact))
 
     if t.dim() == 0:
