@@ -33,15 +33,20 @@ def load_model(name="7x7", device="cpu"):
 
 
 def _model(model):
-    """A loaded model as it is; a name or path loaded once per process (its expert tables are kept with it)."""
+    """A loaded model as it is; a name or path loaded once per process and file version (its expert tables
+    are kept with it)."""
+    from .checkpoint import resolve_model_path
     from .model import PatchGMDM
 
-    return model if isinstance(model, PatchGMDM) else _loaded(str(model))
+    if isinstance(model, PatchGMDM):
+        return model
+    path = resolve_model_path(model)
+    return _loaded(str(path), path.stat().st_mtime_ns if path.is_file() else None)
 
 
 @functools.lru_cache(maxsize=4)
-def _loaded(name):
-    return load_model(name)
+def _loaded(path, stamp):
+    return load_model(path)
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
