@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_PIXELS = 250_000_000
+"""Default of ``--max-pixels``: 250 Mpixel, about 2 GB as float64."""
 
 
 def _device(name: str):
@@ -191,7 +193,7 @@ def _read_input(path: Path, max_pixels: int):
 
 OUTPUT_FORMATS = ("png", "tif", "jpg", "bmp", "npy")
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-_max_pixels = click.option("--max-pixels", default=250_000_000, show_default=True, type=click.IntRange(0),
+_max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(0),
                            help="Refuse larger inputs (width x height); 0: no limit.")
 
 

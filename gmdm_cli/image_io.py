@@ -34,9 +34,6 @@ class ImageInfo:
     dtype: np.dtype
 
 
-MAX_PIXELS = 250_000_000
-"""Default limit on ``height x width`` of an input (``--max-pixels``): 250 Mpixel, about 2 GB as float64."""
-
 _MAGIC = ((b"\x93NUMPY", ".npy"), (b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"II*\x00", ".tif"),
           (b"MM\x00*", ".tif"), (b"BM", ".bmp"))
 
@@ -47,7 +44,7 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def read_image(path: str | os.PathLike, data: bytes | None = None,
-               max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+               max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Read ``path`` as float64 in [0, 1]: ``(H, W)`` for gray, ``(H, W, C)`` for colour.
 
     With ``data``, decode those bytes instead (``path`` only names them in messages; the format is
@@ -67,7 +64,7 @@ def read_image(path: str | os.PathLike, data: bytes | None = None,
             if not path.is_file():
                 raise FileNotFoundError
         if extension == ".npy":
-            raw = np.load(io.BytesIO(source) if data is not None else source, allow_pickle=False, mmap_mode=None)
+            raw = np.load(io.BytesIO(source) if data is not None else source, allow_pickle=False)
             _check_size(path, raw.shape, max_pixels)
         elif extension == ".png" and _is_deep_colour_png(data if data is not None else _head(path)):
             raw = _read_deep_colour_png(data if data is not None else path.read_bytes(), path, max_pixels)
