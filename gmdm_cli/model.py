@@ -258,17 +258,15 @@ def image_patch_scores(model: PatchGMDM, images: torch.Tensor, t) -> torch.Tenso
     return expert_score(model, image_responses(model, images), t)
 
 
-def patch_average(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
-    """``(1/C) sum_i P_i^T sum_j k_j c_ij``: put every patch's filter combination back in place and
-    divide by ``C``, the number of patches covering each pixel.
+def patch_sum(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_i P_i^T sum_j k_j c_ij``: put every patch's filter combination back in place and add them up.
 
     ``(N, J, h, w) -> (N, 1, h+b-1, w+b-1)``; ``conv_transpose2d`` is the adjoint of the "valid"
-    ``conv2d`` of :func:`image_responses`. With ``c_ij = sigma_i^2 dlog psi_j`` this is the EB-PA
-    correction; with ``c_ij = dlog psi_j`` the patch-averaged score of a whole image.
+    ``conv2d`` of :func:`image_responses`. Divided by :func:`patch_counts`, with ``c_ij = sigma_i^2 dlog psi_j``
+    this is the EB-PA correction; with ``c_ij = dlog psi_j`` the patch-averaged score of a whole image.
     """
     with _convolution_backend(model, coefficients):
-        summed = F.conv_transpose2d(coefficients, model.kernels())
-    return summed.div_(patch_counts(model, summed))
+        return F.conv_transpose2d(coefficients, model.kernels())
 
 
 def patch_counts(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:

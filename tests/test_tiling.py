@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from conftest import random_model
 from gmdm_cli.checkpoint import load_model
+from gmdm_cli import denoisers
 from gmdm_cli.denoisers import ebpa, hqs
 from gmdm_cli.model import patch_counts
 from gmdm_cli.tiling import automatic_tile, tiled
@@ -32,6 +33,35 @@ def test_tiled_ebpa_and_hqs_equal_untiled_in_float64():
                 assert torch.allclose(hqs(model, image, 0.1, boundary=boundary, tile=tile), whole, atol=1e-13, rtol=0)
             assert torch.allclose(ebpa(model, image, sigma_map, tile=tile), ebpa(model, image, sigma_map, tile=0),
                                   atol=1e-13, rtol=0)
+
+
+def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
+    model = random_model(patch_size=3, num_components=21, seed=64)
+    image = torch.rand(1, 1, 30, 19, generator=torch.Generator().manual_seed(65), dtype=torch.float64)
+    sigma_map = 0.02 + 0.1 * torch.rand(1, 1, 28, 17, generator=torch.Generator().manual_seed(66), dtype=torch.float64)
+    rows_seen = []
+
+    def strip_rows(model, patch_rows, patch_columns, device, rows=None):
+        rows_seen.append(rows or patch_rows)
+        return rows or patch_rows
+
+    with torch.no_grad():
+        monkeypatch.setattr(denoisers, "_strip_rows", strip_rows)
+        whole = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
+        for rows in (1, 4, 5, 27):
+            monkeypatch.setattr(denoisers, "_strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
+            strips = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
+            for a, b in zip(strips, whole):
+                assert torch.allclose(a, b, atol=1e-13, rtol=0)
+    assert rows_seen == [28, 28, 1, 1, 4, 4, 5, 5, 27, 27]
+
+
+def test_strips_stay_within_the_budget_on_the_cpu():
+    for patch_size, width in ((7, 315), (15, 307), (15, 4000), (7, 100_000)):
+        model = random_model(patch_size=patch_size, num_components=5)
+        rows = denoisers._strip_rows(model, 10_000, width, torch.device("cpu"))
+        assert 4 <= rows <= 16 and (rows == 4 or model.num_filters * width * rows <= denoisers.STRIP_VALUES)
+    assert denoisers._strip_rows(model, 321, 100, torch.device("meta")) == 321
 
 
 def test_tiled_ebpa_of_the_shipped_model_is_within_1e5(camera):
