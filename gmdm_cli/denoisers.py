@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, time_from_sigma
+from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, strip_rows, time_from_sigma
 from .tables import expert_table
 from .tiling import automatic_tile, tiled
 
@@ -60,20 +60,6 @@ def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, exact:
     return expert_table(model, float(t)).score(image_responses(model, batch))
 
 
-STRIP_VALUES = 1 << 21
-"""On the CPU the patch-averaged score is computed in strips of rows holding at most this many responses
-(8 MiB in float32), so that responses, scores and the convolutions' buffers stay in cache: measured on 2
-threads, 481x321 image, 7x7 / 15x15 models, this halves the time of one pass (0.13 -> 0.07 s, 1.1 -> 0.6 s)."""
-
-
-def _strip_rows(model: PatchGMDM, patch_rows: int, patch_columns: int, device: torch.device) -> int:
-    """Rows of patch positions per strip: all of them off the CPU, else 4 to 16 (at most ``STRIP_VALUES``
-    responses when the image is wide)."""
-    if device.type != "cpu":
-        return patch_rows
-    return max(4, min(16, STRIP_VALUES // (model.num_filters * patch_columns)))
-
-
 def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
                     tile: int | None = None) -> torch.Tensor:
     """The patch-averaged Tweedie correction ``(1/C) sum_i P_i^T 2t_i grad log f(P_i x, t_i)`` (Eq. 3 on
@@ -83,7 +69,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     by ``2t`` it is the patch-averaged score of HQS and Langevin sampling. Computed in tiles of
     ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
     model's device with the same result; ``images`` may stay on another device. Within a tile, the patch
-    sums of strips of rows are added up in place (:data:`STRIP_VALUES`); the result does not depend on it.
+    sums of strips of rows are added up in place (:func:`~gmdm_cli.model.strip_rows`); the result does not depend on it.
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
@@ -91,7 +77,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         patch_rows, patch_columns = x.shape[-2] - b + 1, x.shape[-1] - b + 1
-        step = _strip_rows(model, patch_rows, patch_columns, x.device)
+        step = strip_rows(model, patch_rows, patch_columns, x.device)
         summed = torch.zeros_like(x)
         for top in range(0, patch_rows, step):
             bottom = min(top + step, patch_rows)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .model import PatchGMDM, expert_log_density, image_responses, time_from_sigma
+from .model import PatchGMDM, expert_log_density, image_responses, strip_rows, time_from_sigma
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
@@ -86,13 +86,23 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
 
 
 def patch_energies(model: PatchGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated experts)."""
+    """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated
+    experts, up to the constant ``log Z``), computed in strips of rows (:func:`~gmdm_cli.model.strip_rows`)."""
     from .tables import expert_table
 
-    images = image if image.dim() == 4 else image[None, None]
+    images = (image if image.dim() == 4 else image[None, None]).to(model.filters.dtype)
+    b = model.patch_size
+    patch_rows, patch_columns = images.shape[-2] - b + 1, images.shape[-1] - b + 1
+    tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
+    energies = images.new_empty(len(tables), patch_rows, patch_columns)
+    step = strip_rows(model, patch_rows, patch_columns, images.device)
     with torch.no_grad():
-        z = image_responses(model, images.to(model.filters.dtype))  # (1, J, h, w)
-        return torch.stack([expert_table(model, float(time_from_sigma(s))).energy(z).sum(1)[0] for s in sigmas])
+        for top in range(0, patch_rows, step):
+            bottom = min(top + step, patch_rows)
+            z = image_responses(model, images[..., top:bottom + b - 1, :])  # (1, J, rows, w)
+            for level, table in enumerate(tables):
+                energies[level, top:bottom] = table.energy(z).sum(1)[0]
+    return energies
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -123,7 +133,8 @@ def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = 31,
     energies = patch_energies(model, image, levels)  # (K, h, w)
     pad = min(window // 2, energies.shape[-1] - 1, energies.shape[-2] - 1)
     if pad > 0:
-        energies = F.avg_pool2d(F.pad(energies[None], (pad,) * 4, mode="reflect"), 2 * pad + 1, stride=1)[0]
+        padded = F.pad(energies[None], (pad,) * 4, mode="reflect")  # a box filter is separable: rows, then columns
+        energies = F.avg_pool2d(F.avg_pool2d(padded, (2 * pad + 1, 1), stride=1), (1, 2 * pad + 1), stride=1)[0]
     per_patch = _argmin_refined(energies, levels.to(energies.dtype))  # (h, w)
     b = model.patch_size
     ones = per_patch.new_ones(1, 1, b, b)

@@ -96,12 +96,9 @@ class ExpertTable:
         low, high = torch.aminmax(flat[:, 0], dim=1)
         if bool(((low < self.low.to(low)) | (high > self.high.to(high))).any()):
             shape = (1, -1) + (1,) * (z.dim() - 2)
-            outside = (z < self.low.to(z).view(shape)) | (z > self.high.to(z).view(shape))
+            outside = torch.nonzero((z < self.low.to(z).view(shape)) | (z > self.high.to(z).view(shape)), as_tuple=True)
             value = value.clone()
-            for j in torch.nonzero(outside.any(dim=tuple(d for d in range(z.dim()) if d != 1)))[:, 0].tolist():
-                rows = outside[:, j]
-                inside = z[:, j][rows]
-                value[:, j][rows] = self._exact(inside, torch.full_like(inside, j, dtype=torch.long))[which].to(value.dtype)
+            value[outside] = self._exact(z[outside], outside[1])[which].to(value.dtype)
         return value
 
     def score(self, z: torch.Tensor) -> torch.Tensor:

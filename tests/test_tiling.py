@@ -8,7 +8,7 @@ from conftest import random_model
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli import denoisers
 from gmdm_cli.denoisers import ebpa, hqs
-from gmdm_cli.model import patch_counts
+from gmdm_cli.model import STRIP_VALUES, patch_counts, strip_rows
 from gmdm_cli.tiling import automatic_tile, tiled
 
 
@@ -46,10 +46,10 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
         return rows or patch_rows
 
     with torch.no_grad():
-        monkeypatch.setattr(denoisers, "_strip_rows", strip_rows)
+        monkeypatch.setattr(denoisers, "strip_rows", strip_rows)
         whole = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
         for rows in (1, 4, 5, 27):
-            monkeypatch.setattr(denoisers, "_strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
+            monkeypatch.setattr(denoisers, "strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
             strips = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
             for a, b in zip(strips, whole):
                 assert torch.allclose(a, b, atol=1e-13, rtol=0)
@@ -59,9 +59,9 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
 def test_strips_stay_within_the_budget_on_the_cpu():
     for patch_size, width in ((7, 315), (15, 307), (15, 4000), (7, 100_000)):
         model = random_model(patch_size=patch_size, num_components=5)
-        rows = denoisers._strip_rows(model, 10_000, width, torch.device("cpu"))
-        assert 4 <= rows <= 16 and (rows == 4 or model.num_filters * width * rows <= denoisers.STRIP_VALUES)
-    assert denoisers._strip_rows(model, 321, 100, torch.device("meta")) == 321
+        rows = strip_rows(model, 10_000, width, torch.device("cpu"))
+        assert 4 <= rows <= 16 and (rows == 4 or model.num_filters * width * rows <= STRIP_VALUES)
+    assert strip_rows(model, 321, 100, torch.device("meta")) == 321
 
 
 def test_tiled_ebpa_of_the_shipped_model_is_within_1e5(camera):
