@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, strip_rows, time_from_sigma
+from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, row_strips, time_from_sigma
 from .tables import expert_table
 from .tiling import automatic_tile, tiled
 
@@ -69,26 +69,23 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     by ``2t`` it is the patch-averaged score of HQS and Langevin sampling. Computed in tiles of
     ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
     model's device with the same result; ``images`` may stay on another device. Within a tile, the patch
-    sums of strips of rows are added up in place (:func:`~gmdm_cli.model.strip_rows`); the result does not depend on it.
+    sums of strips of rows are added up in place (:func:`~gmdm_cli.model.row_strips`); the result does not depend on it.
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        patch_rows, patch_columns = x.shape[-2] - b + 1, x.shape[-1] - b + 1
-        step = strip_rows(model, patch_rows, patch_columns, x.device)
         summed = torch.zeros_like(x)
-        for top in range(0, patch_rows, step):
-            bottom = min(top + step, patch_rows)
-            strip = x[..., top:bottom + b - 1, :]
-            if times.dim() == 0:  # one t: scale the (J times smaller) average instead of the scores
+        for top, bottom, strip in row_strips(model, x):
+            if times.dim() == 0:
                 scores = _patch_scores(model, strip, times, exact)
             else:
-                strip_times = times[..., top:bottom, :patch_columns]
+                strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
                 scores = _patch_scores(model, strip, strip_times, exact).mul_(2 * strip_times)
             summed[..., top:bottom + b - 1, :] += patch_sum(model, scores)
         summed.div_(patch_counts(model, summed))
+        # one t: scale the (J times smaller) average instead of the scores
         return summed.mul_(2 * times) if times.dim() == 0 else summed
 
     if t.dim() == 0:

@@ -250,6 +250,17 @@ def strip_rows(model: PatchGMDM, patch_rows: int, patch_columns: int, device: to
     return max(4, min(16, STRIP_VALUES // (model.num_filters * patch_columns)))
 
 
+def row_strips(model: PatchGMDM, images: torch.Tensor):
+    """Yield ``(top, bottom, strip)``: the rows of ``images`` ``(N, C, H, W)`` that hold the patch positions
+    ``top:bottom`` (all columns), in strips of :func:`strip_rows` rows covering ``0 : H-b+1``."""
+    b = model.patch_size
+    patch_rows, patch_columns = images.shape[-2] - b + 1, images.shape[-1] - b + 1
+    step = strip_rows(model, patch_rows, patch_columns, images.device)
+    for top in range(0, patch_rows, step):
+        bottom = min(top + step, patch_rows)
+        yield top, bottom, images[..., top:bottom + b - 1, :]
+
+
 def image_responses(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
     """Responses of every overlapping patch: ``conv2d`` "valid", ``(N, 1, H, W) -> (N, J, H-b+1, W-b+1)``.
 

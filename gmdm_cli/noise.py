@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .model import PatchGMDM, expert_log_density, image_responses, strip_rows, time_from_sigma
+from .model import PatchGMDM, expert_log_density, image_responses, row_strips, time_from_sigma
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
@@ -87,19 +87,16 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
 
 def patch_energies(model: PatchGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated
-    experts, up to the constant ``log Z``), computed in strips of rows (:func:`~gmdm_cli.model.strip_rows`)."""
+    experts, up to the constant ``log Z``), computed in strips of rows (:func:`~gmdm_cli.model.row_strips`)."""
     from .tables import expert_table
 
     images = (image if image.dim() == 4 else image[None, None]).to(model.filters.dtype)
     b = model.patch_size
-    patch_rows, patch_columns = images.shape[-2] - b + 1, images.shape[-1] - b + 1
     tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
-    energies = images.new_empty(len(tables), patch_rows, patch_columns)
-    step = strip_rows(model, patch_rows, patch_columns, images.device)
+    energies = images.new_empty(len(tables), images.shape[-2] - b + 1, images.shape[-1] - b + 1)
     with torch.no_grad():
-        for top in range(0, patch_rows, step):
-            bottom = min(top + step, patch_rows)
-            z = image_responses(model, images[..., top:bottom + b - 1, :])  # (1, J, rows, w)
+        for top, bottom, strip in row_strips(model, images):
+            z = image_responses(model, strip)  # (1, J, rows, w)
             for level, table in enumerate(tables):
                 energies[level, top:bottom] = table.energy(z).sum(1)[0]
     return energies

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import random_model
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli import denoisers
+from gmdm_cli import model as gmdm_model
 from gmdm_cli.denoisers import ebpa, hqs
 from gmdm_cli.model import STRIP_VALUES, patch_counts, strip_rows
 from gmdm_cli.tiling import automatic_tile, tiled
@@ -46,10 +46,10 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
         return rows or patch_rows
 
     with torch.no_grad():
-        monkeypatch.setattr(denoisers, "strip_rows", strip_rows)
+        monkeypatch.setattr(gmdm_model, "strip_rows", strip_rows)
         whole = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
         for rows in (1, 4, 5, 27):
-            monkeypatch.setattr(denoisers, "strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
+            monkeypatch.setattr(gmdm_model, "strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
             strips = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
             for a, b in zip(strips, whole):
                 assert torch.allclose(a, b, atol=1e-13, rtol=0)
