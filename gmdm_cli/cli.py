@@ -103,27 +103,37 @@ def cli():
 @click.option("--sigma-max", default=0.4, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Noise levels sqrt(2t) are drawn from U[0, sigma_max] (0-1 scale).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, patches and noise.")
+@click.option("--loss", type=click.Choice(["norm", "squared"]), default="norm", show_default=True,
+              help="Eq. 4 as written (norm of each patch's residual) or its square.")
+@click.option("--init", "init_model", metavar="MODEL",
+              help="Start from this model (7x7, 15x15 or a checkpoint) with a fresh optimiser: fine-tuning.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run saved in --output (optimiser and RNG state included).")
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1),
               help="Save the checkpoint every N steps (and at the end).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Append 'step loss seconds' lines to this file every 100 steps.")
-def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigma_max, seed, device,
-          resume, checkpoint_every, log_path):
+def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigma_max, seed, loss, init_model,
+          device, resume, checkpoint_every, log_path):
     """Train a patch GMDM by denoising score matching on the images in IMAGE_DIRS.
 
     Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
     """
     from .training import run_training, TrainingConfig, TrainingDataError, TrainingSetupError
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, read_checkpoint, resolve_model_path
 
-    config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
-                            learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
-                            sigma_max=sigma_max, seed=seed)
+    if init_model is not None and resume:
+        raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
     try:
+        initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
+        if initial is not None and click.get_current_context().get_parameter_source("patch_size").name == "DEFAULT":
+            patch_size = initial["metadata"]["patch_size"]
+        config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
+                                learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
+                                sigma_max=sigma_max, seed=seed, loss=loss)
         summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
-                               checkpoint_every=checkpoint_every, log_path=log_path)
+                               checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
+                               initial_name=init_model)
     except (TrainingDataError, TrainingSetupError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
     if summary["rank"] == 0:

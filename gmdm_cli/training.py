@@ -2,9 +2,10 @@
 
 One step: draw ``B`` random ``b x b`` training patches ``x`` (under the 8 rotations and flips),
 noise levels ``sigma = sqrt(2t) ~ U[0, sigma_max]`` (one per patch), ``y = x + sigma n``, and
-minimise the mean over the batch of ``||x - y - sigma^2 grad log f(y, t)||^2 / a`` (Eq. 4,
-per pixel). The optimiser is Adam on ``(filters, logits)``; after every update the filters are
-put back on the constraint set by Algorithm 1 (zero mean, pairwise orthogonal).
+minimise the mean over the batch of ``||x - y - sigma^2 grad log f(y, t)||`` (Eq. 4 as the paper
+writes it: the norm of each patch's residual, not its square; ``loss="squared"`` gives the common
+squared form, per pixel). The optimiser is Adam on ``(filters, logits)``; after every update the
+filters are put back on the constraint set by Algorithm 1 (zero mean, pairwise orthogonal).
 
 Under ``torchrun --nproc_per_node=N`` the batch is split over N processes (gloo on CPU, nccl on CUDA) and
 ``DistributedDataParallel`` averages the gradients: every process draws the same global batch from the same
@@ -103,11 +104,24 @@ class PatchSampler:
         return patches.gather(1, self.transforms[transform])
 
 
-def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Denoising score matching (Eq. 4): mean ``||x - x_EB(y)||^2 / a`` with ``y = x + sigma n``."""
+LOSSES = ("norm", "squared")
+
+
+def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+             loss: str = "norm") -> torch.Tensor:
+    """Denoising score matching (Eq. 4) with ``y = x + sigma n`` and ``x_EB(y) = y + sigma^2 grad log f(y, t)``.
+
+    ``"norm"``: the mean over patches of ``||x - x_EB(y)||``, Eq. 4 as written. Against the square it
+    weights each patch by ``1 / ||residual||``, which is ~``1 / sigma``: low noise levels count more.
+    ``"squared"``: the mean of ``||x - x_EB(y)||^2 / a`` (per pixel).
+    """
     noisy = clean + sigma[:, None] * noise
-    estimate = model(noisy, time_from_sigma(sigma))  # patch_tweedie, through the module (or its DDP wrapper)
-    return (estimate - clean).pow(2).mean()
+    residual = model(noisy, time_from_sigma(sigma)) - clean  # patch_tweedie, through the module (or DDP)
+    if loss == "squared":
+        return residual.pow(2).mean()
+    if loss != "norm":
+        raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    return residual.pow(2).sum(1).clamp_min(torch.finfo(residual.dtype).tiny).sqrt().mean()
 
 
 @dataclass
@@ -120,6 +134,7 @@ class TrainingConfig:
     sigma_max: float = 0.4
     projection_steps: int = 3
     seed: int = 0
+    loss: str = "norm"
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -187,7 +202,7 @@ class Trainer:
         noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
         rows = slice(self.rank * config.batch_size // self.world_size,
                      (self.rank + 1) * config.batch_size // self.world_size)
-        loss = dsm_loss(self.network, clean[rows], sigma[rows], noise[rows])
+        loss = dsm_loss(self.network, clean[rows], sigma[rows], noise[rows], config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients over the processes here
         self.optimizer.step()
@@ -218,11 +233,15 @@ class Trainer:
 
 
 def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu", resume: bool = False,
-                 checkpoint_every: int = 1000, log_path: Path | None = None, progress: bool = True) -> dict:
+                 checkpoint_every: int = 1000, log_path: Path | None = None, progress: bool = True,
+                 initial: dict | None = None, initial_name: str | None = None) -> dict:
     """Train (or, with ``resume``, continue) a model and save it to ``output``; returns a summary.
 
-    The checkpoint holds the model, the metadata and the training state, and is rewritten
-    every ``checkpoint_every`` steps, so an interrupted run loses at most that many steps.
+    ``initial`` (a checkpoint dictionary, see :func:`~gmdm_cli.checkpoint.read_checkpoint`, named
+    ``initial_name``) starts from its filters and weights instead of a random model, with a fresh
+    optimiser and schedule (fine-tuning). The checkpoint holds the model, the metadata and the
+    training state, and is rewritten every ``checkpoint_every`` steps, so an interrupted run loses at
+    most that many steps.
     """
     import time
 
@@ -244,15 +263,24 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         if saved["patch_size"] != config.patch_size:
             raise CheckpointError(f"{output}: was trained with --patch-size {saved['patch_size']}, "
                                   f"not {config.patch_size}")
-        config = TrainingConfig(**{**saved, "steps": config.steps})
+        config = TrainingConfig(**{"loss": "squared", **saved, "steps": config.steps})  # older runs: squared
     elif output.exists() and rank == 0:
         raise CheckpointError(f"{output}: exists (use --resume to continue it, or choose another name)")
     if not output.parent.is_dir():
         raise CheckpointError(f"{output}: folder {output.parent} does not exist")
 
+    origin = None
+    if previous is not None:
+        origin = previous["metadata"].get("initialised_from")
+    elif initial is not None:
+        if initial["metadata"]["patch_size"] != config.patch_size:
+            raise CheckpointError(f"{initial_name}: has {initial['metadata']['patch_size']}-pixel patches, "
+                                  f"not {config.patch_size}")
+        origin = f"{initial_name} ({initial['metadata'].get('steps', '?')} steps)"
     paths = find_images(image_dirs)
     sampler = PatchSampler(load_training_images(paths, config.patch_size), config.patch_size, device)
-    model = model_from_checkpoint(previous) if previous is not None else None
+    start = previous if previous is not None else initial
+    model = model_from_checkpoint(start) if start is not None else None
     trainer = Trainer(config, sampler, device, model, rank, world_size)
     elapsed = 0.0
     if previous is not None:
@@ -262,11 +290,14 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({len(paths)} images)",
         "optimizer": f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
                      f"Algorithm 1 ({config.projection_steps} steps) after every update",
+        "loss": f"Eq. 4, {config.loss}",
         "batch_size": config.batch_size,
         "sigma_max": config.sigma_max,
         "seed": config.seed,
         "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
     }
+    if origin is not None:
+        metadata["initialised_from"] = origin
     recent: list[float] = []
     window = 200
 

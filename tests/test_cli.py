@@ -83,7 +83,15 @@ def test_train_then_denoise_with_the_trained_checkpoint(tmp_path):
     assert "20 steps" in result.output
     result = runner.invoke(cli, ["train", str(folder), "-o", str(checkpoint), "--patch-size", "3", "--steps", "30",
                                  "--resume"])
-    assert result.exit_code == 0, result.output and "30 steps" in result.output
+    assert result.exit_code == 0, result.output
+    assert "30 steps" in result.output
+    tuned = tmp_path / "tuned.pt"  # fine-tuning: the patch size comes from the --init model
+    result = runner.invoke(cli, ["train", str(folder), "-o", str(tuned), "--init", str(checkpoint), "--steps", "3",
+                                 "--loss", "squared"])
+    assert result.exit_code == 0, result.output
+    assert "3 steps" in result.output
+    result = runner.invoke(cli, ["train", str(folder), "-o", str(tuned), "--init", str(checkpoint), "--resume"])
+    assert result.exit_code == 2 and "give one of them" in result.output
     result = runner.invoke(cli, ["denoise", str(folder / "img0.png"), "-o", str(tmp_path / "d.png"),
                                  "--sigma", "20", "--model", str(checkpoint)])
     assert result.exit_code == 0, result.output

@@ -59,7 +59,7 @@ def test_sampled_patches_are_transformed_crops_of_the_images():
     assert row_varying and column_varying
 
 
-def _autograd_dsm_loss(model, clean, sigma, noise):
+def _autograd_dsm_loss(model, clean, sigma, noise, loss):
     """Eq. (4) with the score written out via autograd of the log density (no hand-written parts)."""
     noisy = (clean + sigma[:, None] * noise).requires_grad_()
     t = sigma**2 / 2
@@ -68,18 +68,20 @@ def _autograd_dsm_loss(model, clean, sigma, noise):
     log_weights = torch.log_softmax(model.logits, 1)
     log_density = _log_mixture(z.T, variances.T, log_weights, model.means).sum()
     (score,) = torch.autograd.grad(log_density, noisy, create_graph=True)
-    return (noisy + sigma[:, None] ** 2 * score - clean).pow(2).mean()
+    residual = noisy + sigma[:, None] ** 2 * score - clean
+    return residual.pow(2).mean() if loss == "squared" else residual.norm(dim=1).mean()
 
 
-def test_dsm_gradients_match_autograd():
+@pytest.mark.parametrize("loss", ["norm", "squared"])
+def test_dsm_gradients_match_autograd(loss):
     model = random_model(patch_size=3, num_components=15, seed=20)
     generator = torch.Generator().manual_seed(21)
     clean = torch.rand(64, 9, generator=generator, dtype=torch.float64)
     sigma = 0.4 * torch.rand(64, generator=generator, dtype=torch.float64)
     noise = torch.randn(64, 9, generator=generator, dtype=torch.float64)
-    fast = dsm_loss(model, clean, sigma, noise)
+    fast = dsm_loss(model, clean, sigma, noise, loss)
     fast_grads = torch.autograd.grad(fast, [model.filters, model.logits])
-    slow = _autograd_dsm_loss(model, clean, sigma, noise)
+    slow = _autograd_dsm_loss(model, clean, sigma, noise, loss)
     slow_grads = torch.autograd.grad(slow, [model.filters, model.logits])
     assert fast.item() == pytest.approx(slow.item(), rel=1e-12)
     for a, b in zip(fast_grads, slow_grads):
@@ -113,6 +115,30 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
     assert torch.allclose(a["logits"], b["logits"], atol=1e-6)
     gram = a["filters"].double() @ a["filters"].double().T
     assert (gram - torch.diag(torch.diag(gram))).abs().max() < 1e-5
+
+
+def test_fine_tuning_starts_from_the_given_model_and_records_it(tmp_path):
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    base_config = TrainingConfig(patch_size=3, steps=40, batch_size=256, loss="squared")
+    run_training(base_config, [folder], tmp_path / "base.pt", progress=False)
+    base = read_checkpoint(tmp_path / "base.pt")
+    tuned_config = TrainingConfig(patch_size=3, steps=5, batch_size=256, learning_rate=1e-4, seed=1)
+    run_training(tuned_config, [folder], tmp_path / "tuned.pt", progress=False, initial=base, initial_name="base.pt")
+    tuned = read_checkpoint(tmp_path / "tuned.pt")
+    assert tuned["metadata"]["initialised_from"] == "base.pt (40 steps)"
+    assert tuned["metadata"]["loss"] == "Eq. 4, norm" and base["metadata"]["loss"] == "Eq. 4, squared"
+    assert tuned["training"]["step"] == 5  # a fresh schedule, not the base run's
+    # five tiny steps move the filters far less than the distance to the random start they came from
+    base_filters = base["filters"]
+    assert (tuned["filters"] - base_filters).abs().max() < 1e-2
+    run_training(TrainingConfig(patch_size=3, steps=1, batch_size=64, seed=2), [folder], tmp_path / "random.pt",
+                 progress=False)
+    assert (read_checkpoint(tmp_path / "random.pt")["filters"] - base_filters).abs().max() > 0.1
+    from gmdm_cli.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="3-pixel patches, not 5"):
+        run_training(TrainingConfig(patch_size=5, steps=1), [folder], tmp_path / "x.pt", progress=False,
+                     initial=base, initial_name="base.pt")
 
 
 def _initial_loss(config, folder):
