@@ -50,7 +50,7 @@ def _loaded(path, stamp):
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
-            tile=None):
+            tile=None, iterations=6):
     """Denoise an image corrupted by additive Gaussian noise.
 
     Parameters
@@ -73,6 +73,8 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         (:mod:`gmdm_cli.colour`; measured 0.2-0.5 dB worse with the gray prior, see the README).
     tile : int, optional
         Tile side for bounded memory (same result); None picks one, 0 works on the whole image at once.
+    iterations : int
+        HQS only: steps of its schedule (:func:`gmdm_cli.denoisers.hqs_schedule`).
 
     Returns
     -------
@@ -106,7 +108,7 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         _, sigma = estimate_noise(image, map=True, model=model)
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
-    return denoise_array(model, image, sigma, method, boundary, tile, colour)
+    return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
 
 
 def estimate_noise(image, map=False, model="7x7", window=31):

@@ -112,7 +112,11 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     return estimate[..., rows, columns].reshape(noisy.shape)
 
 
-def hqs_schedule(sigma: float, iterations: int = 6, start: float = 0.5, end: float = 1 / 128) -> list[float]:
+HQS_ITERATIONS, HQS_START, HQS_END, HQS_DATA_WEIGHT = 6, 0.25, 1 / 128, 9.0  # tuned on BSDS400 crops
+
+
+def hqs_schedule(sigma: float, iterations: int = HQS_ITERATIONS, start: float = HQS_START,
+                 end: float = HQS_END) -> list[float]:
     """Diffusion times of HQS: geometric from ``start * sigma^2 / 2`` down to ``end * sigma^2 / 2``
     (``beta = 1 / (2t)`` grows from ``start^-1 / sigma^2`` to ``end^-1 / sigma^2``), strictly decreasing."""
     t = time_from_sigma(sigma)
@@ -136,16 +140,19 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
     the EB-PA estimate of ``x`` at time ``t``. Default schedule: :func:`hqs_schedule`. The prior sums over all
     overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` rebalances the
     data term (EPLL uses ``lambda = N / sigma^2``, N pixels per patch). With ``data_weight = 1`` the prior
-    dominates and HQS over-smooths (it then loses to EB-PA). The defaults (6 steps from
-    ``0.5 sigma^2 / 2`` to ``sigma^2 / 256``, data weight 16) are provisional: the best of a small grid on
-    crops of 5 training images at sigma 25; ``benchmarks/tune_hqs.py`` runs the full search.
+    dominates and HQS over-smooths (it then loses to EB-PA). Each Tweedie step removes noise of level
+    ``sqrt(2t)`` whether or not it is still there, so more iterations of the same range over-smooth: the
+    schedule and the data weight go together. The defaults (6 steps from ``0.25 sigma^2 / 2`` to
+    ``sigma^2 / 256``, data weight 9) are the best mean gain over EB-PA of 162 settings on centre crops of 12
+    BSDS400 training images at sigma 15/25/50/100 (``benchmarks/tune_hqs.py``,
+    ``benchmarks/results/hqs-tuning.md``).
     ``tile``: see :func:`tweedie_average` (each iteration is tiled, so the halo stays ``b - 1``).
     """
     batch, sigma_tensor, (rows, columns) = _prepare(model, noisy, sigma, boundary)
     if sigma_tensor.dim() > 0:
         raise ValueError("HQS takes a single sigma")
     schedule = hqs_schedule(float(sigma)) if schedule is None else schedule
-    weight = (16.0 if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
+    weight = (HQS_DATA_WEIGHT if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
     counts = patch_counts(model, batch)
     x = batch
     for t in schedule:
@@ -165,13 +172,14 @@ def psnr(estimate, clean) -> float:
 
 
 def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
-                  tile: int | None = None, colour: str = "rgb"):
+                  tile: int | None = None, colour: str = "rgb", iterations: int = HQS_ITERATIONS):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA with every
     patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
     denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
-    :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. The image stays in host
+    :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
+    over the default range of :func:`hqs_schedule`. The image stays in host
     memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. Returns float64 numpy,
     unclipped.
     """
@@ -201,7 +209,8 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
             def channel(k: int) -> torch.Tensor:
                 if method == "ebpa":
                     return ebpa(model, stack[k:k + 1], sigma * gains[k], boundary, tile=tile)
-                return hqs(model, stack[k:k + 1], sigma * gains[k], boundary=boundary, tile=tile)
+                level = sigma * gains[k]
+                return hqs(model, stack[k:k + 1], level, hqs_schedule(level, iterations), boundary=boundary, tile=tile)
 
             result = torch.cat([channel(k) for k in range(len(gains))])
     stack = None  # free it before the float64 output exists

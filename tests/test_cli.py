@@ -81,8 +81,7 @@ def test_train_then_denoise_with_the_trained_checkpoint(tmp_path):
                                  "--batch-size", "128", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "20 steps" in result.output
-    result = runner.invoke(cli, ["train", str(folder), "-o", str(checkpoint), "--patch-size", "3", "--steps", "30",
-                                 "--resume"])
+    result = runner.invoke(cli, ["train", str(folder), "-o", str(checkpoint), "--steps", "30", "--resume"])
     assert result.exit_code == 0, result.output
     assert "30 steps" in result.output
     tuned = tmp_path / "tuned.pt"  # fine-tuning: the patch size comes from the --init model
@@ -245,3 +244,22 @@ def test_json_records_and_quiet(tmp_path, noisy_png):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records[0]["status"] == "ok" and 15 < records[0]["sigma"] < 35
     assert records[1] == {"path": "missing.png", "status": "error", "error": "missing.png: no such file"}
+
+
+def test_hqs_iterations_option(tmp_path, camera):
+    np.save(tmp_path / "noisy.npy", camera[:64, :64] + 25 / 255 * np.random.default_rng(4).standard_normal((64, 64)))
+    runner = CliRunner()
+    outputs = {}
+    for iterations in ("2", "6"):
+        target = tmp_path / f"hqs{iterations}.npy"
+        result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(target), "--sigma", "25",
+                                     "--method", "hqs", "--iterations", iterations])
+        assert result.exit_code == 0, result.output
+        outputs[iterations] = np.load(target)
+    from gmdm_cli.denoisers import hqs_schedule
+
+    assert len(hqs_schedule(0.1, 2)) == 2 and np.abs(outputs["2"] - outputs["6"]).max() > 1e-3
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "e.npy"),
+                                 "--sigma", "25", "--iterations", "3"])
+    assert result.exit_code == 2 and "--iterations goes with --method hqs" in result.output
+    assert not (tmp_path / "e.npy").exists()
