@@ -81,7 +81,8 @@ def main(argv=None) -> int:
 
     lines = [
         f"{args.method.upper()} {model.patch_size}x{model.patch_size} ({args.boundary} boundary) on {args.data.name} "
-        f"({len(images)} images), model {args.model} ({metadata.get('steps', '?')} training steps)",
+        f"({len(images)} images), model {args.model} ({metadata.get('steps', '?')} training steps"
+        + (f" from {metadata['initialised_from']}" if "initialised_from" in metadata else "") + ")",
         "",
         "| sigma | noisy PSNR | GMDM (this) | paper Table 1 | difference |",
         "|---|---|---|---|---|",
