@@ -5,8 +5,8 @@
 In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image, not clipped):
 
 * homoscedastic: noise sigma in {5, 10, 15, 25, 50, 75, 100}: mean absolute error and bias (0-255 scale) of
-  the global estimate (the model's calibrated argmin, and the raw argmin), with
-  ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs PyWavelets) beside it;
+  the global estimates (the default "flat" estimator and the paper's "mean-energy" argmin, each calibrated
+  and raw), with ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs PyWavelets) beside them;
 * heteroscedastic (Fig. 3), on the first ``--map-images`` images: sigma 0.1 / 0.2 on a checkerboard of
   64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (pooled energies, and
   the raw per-patch argmin), and PSNR of blind EB-PA (estimated map) against EB-PA with the true map and with
@@ -29,8 +29,8 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, estimate_noise, estimate_sigma_map,
-                            mean_patch_energy, response_histograms)
+from gmdm_cli.noise import (ESTIMATORS, apply_calibration, calibration_for, estimate_noise_map, estimate_sigma_map,
+                            mean_patch_energy, raw_global_sigma, response_histograms)
 from gmdm_cli.training import find_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -40,24 +40,26 @@ SIGMAS = (5, 10, 15, 25, 50, 75, 100)
 def homoscedastic(model, images, seed, show):
     from skimage.restoration import estimate_sigma
 
-    calibration = model.metadata.get("noise_calibration")
-    show("## Global noise level (0-255 scale)")
+    columns = {"flat (default)": [], "mean-energy": [], "flat, raw": [], "mean-energy, raw": [], "estimate_sigma": []}
+    show("## Global noise level (0-255 scale): mean absolute error / bias")
     show()
-    show("| sigma | gmdm MAE | gmdm bias | raw argmin MAE | raw argmin bias | estimate_sigma MAE | estimate_sigma bias |")
-    show("|---|---|---|---|---|---|---|")
+    show("| sigma | " + " | ".join(columns) + " |")
+    show("|---" * (len(columns) + 1) + "|")
     for sigma in SIGMAS:
-        ours, raw, reference = [], [], []
+        values = {name: [] for name in columns}
         for index, clean in enumerate(images):
             noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
             tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
-            estimate = estimate_global_sigma(model, tensor)
-            raw.append(255 * estimate)
-            ours.append(255 * apply_calibration(estimate, calibration))
-            reference.append(255 * estimate_sigma(noisy))
+            for estimator in ESTIMATORS:
+                raw = raw_global_sigma(model, tensor, estimator)
+                values[f"{estimator} (default)" if estimator == "flat" else estimator].append(
+                    255 * apply_calibration(raw, calibration_for(model, estimator)))
+                values[f"{estimator}, raw"].append(255 * raw)
+            values["estimate_sigma"].append(255 * estimate_sigma(noisy))
         cells = []
-        for values in (ours, raw, reference):
-            error = np.asarray(values) - sigma
-            cells += [f"{np.abs(error).mean():.2f}", f"{error.mean():+.2f}"]
+        for name in columns:
+            error = np.asarray(values[name]) - sigma
+            cells.append(f"{np.abs(error).mean():.2f} / {error.mean():+.2f}")
         show(f"| {sigma} | " + " | ".join(cells) + " |")
 
 
@@ -77,11 +79,11 @@ def heteroscedastic(model, images, seed, show):
             else:
                 truth = np.broadcast_to(np.linspace(0.02, 0.2, width)[None], (height, width))
             noisy = clean + truth * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            _, estimated = estimate_noise(model, noisy, noise_map=True)
+            estimated = estimate_noise_map(model, noisy)
             tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
             with torch.no_grad():
                 raw_map = apply_calibration(estimate_sigma_map(model, tensor, window=1).double().numpy(),
-                                            model.metadata.get("noise_calibration"))
+                                            calibration_for(model, "mean-energy"))
             rows["pooled"].append(255 * np.sqrt(np.mean((estimated - truth) ** 2)))
             rows["raw"].append(255 * np.sqrt(np.mean((raw_map - truth) ** 2)))
             rows["blind"].append(psnr(denoise_array(model, noisy, estimated), clean))

@@ -105,13 +105,15 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     model = _model(model)
     image = np.asarray(image, dtype=np.float64)
     if blind:
-        _, sigma = estimate_noise(image, map=True, model=model)
+        from .noise import estimate_noise_map
+
+        sigma = estimate_noise_map(model, image)
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
     return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
 
 
-def estimate_noise(image, map=False, model="7x7", window=31):
+def estimate_noise(image, map=False, model="7x7", window=31, estimator="flat"):
     """Estimate the standard deviation of additive Gaussian noise in an image (Sec. 4.4 of the paper).
 
     Parameters
@@ -124,11 +126,14 @@ def estimate_noise(image, map=False, model="7x7", window=31):
         Built-in model name, checkpoint path, or a loaded model.
     window : int
         Neighbourhood (in patches) over which patch energies are pooled for the map.
+    estimator : {"flat", "mean-energy"}
+        ``"flat"``: the argmin over t in the image's flattest regions (robust to texture); ``"mean-energy"``:
+        ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
 
     Returns
     -------
     sigma : float
-        Noise standard deviation on the [0, 1] scale: ``sqrt(2 argmin_t mean_i -log f(P_i y, t))``.
+        Noise standard deviation on the [0, 1] scale (calibrated when the checkpoint carries a calibration).
     sigma_map : ndarray
         With ``map=True`` only: ``(H, W)`` per-pixel levels, same scale.
 
@@ -144,5 +149,5 @@ def estimate_noise(image, map=False, model="7x7", window=31):
 
     from .noise import estimate_noise as estimate
 
-    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, window)
+    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, window, estimator)
     return (sigma, sigma_map) if map else sigma

@@ -255,7 +255,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
 
     from .denoisers import denoise_array
     from .image_io import ImageError, encode_image, read_image, write_image
-    from .noise import estimate_noise
+    from .noise import estimate_noise_map
 
     if (output is None) == (output_dir is None):
         raise click.UsageError("give exactly one of -o/--output and --output-dir")
@@ -307,7 +307,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
             image, info = _read_input(path, max_pixels)
             used = level
             if blind:
-                _, used = estimate_noise(model, image, noise_map=True)
+                used = estimate_noise_map(model, image)
                 if noise_map_path is not None:
                     write_image(noise_map_path, 255 * used, dtype="float32")
             result = denoise_array(model, image, sigma / 255 if used is None else used, method, boundary, tile, colour,
@@ -484,12 +484,16 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
               help="Write the maps here instead of beside each input.")
 @click.option("--window", default=31, show_default=True, type=click.IntRange(1, 255),
               help="Neighbourhood (in patches) over which energies are pooled for the map.")
+@click.option("--estimator", type=click.Choice(["flat", "mean-energy"]), default="flat", show_default=True,
+              help="Global estimate: argmin over t in the flattest regions (flat), or of the mean energy of all "
+                   "patches (mean-energy, the paper's Fig. 4; biased by texture).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @_max_pixels
 @_quiet
 @click.option("--overwrite", is_flag=True, help="Replace existing map files.")
-def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, device, max_pixels, quiet, overwrite):
+def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator, as_json, device, max_pixels, quiet,
+                   overwrite):
     """Estimate the Gaussian noise level of INPUTS (0-255 scale), globally and with --map per pixel.
 
     '-' reads an image from standard input (its maps need --output-dir). Exit status: 0 all inputs done,
@@ -498,6 +502,7 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
     import json
 
     from .image_io import ImageError, write_image
+    from .noise import calibration_for
     from .noise import estimate_noise as estimate
 
     if output_dir is not None and not output_dir.is_dir():
@@ -506,6 +511,9 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
         raise click.UsageError("--map of standard input ('-') needs --output-dir")
     model = _load_model(model_name, _device(device))
     report = _Report(quiet, len(inputs), as_json)
+    if calibration_for(model, estimator) is None:
+        report.info(f"note: model {model_name} has no calibration for the '{estimator}' estimator; "
+                    "estimates are raw (see gmdm calibrate)")
     for path in inputs:
         folder = output_dir if output_dir is not None else (path.parent if str(path.parent) else Path("."))
         stem = "stdin" if str(path) == "-" else path.stem
@@ -514,8 +522,8 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
             for target in targets:
                 _check_target(target, overwrite, inputs)
             image, _ = _read_input(path, max_pixels)
-            sigma, sigma_map = estimate(model, image, noise_map, window)
-            record = {"path": str(path), "sigma": round(255 * sigma, 3)}
+            sigma, sigma_map = estimate(model, image, noise_map, window, estimator)
+            record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator}
             if noise_map:
                 write_image(targets[0], 255 * sigma_map, dtype="float32")
                 _write_map_picture(targets[1], 255 * sigma_map)
@@ -539,14 +547,22 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, as_json, d
               help="Checkpoint to write: MODEL with the calibration added to its metadata.")
 @click.option("--images", "count", default=40, show_default=True, type=click.IntRange(1),
               help="Use this many images, evenly spread over the sorted list.")
+@click.option("--levels", help="Noise levels (0-255, comma-separated, at least two) at which to measure the "
+                                "estimators [default: 14 levels from 0 to 100].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
-def calibrate(model_name, image_dirs, output, count, seed, overwrite):
+def calibrate(model_name, image_dirs, output, count, levels, seed, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
     from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
-    from .noise import CALIBRATION_SIGMAS, calibrate_noise
+    from .noise import CALIBRATION_LEVELS, calibrate_noise
     from .training import TrainingDataError, find_images, load_training_images
 
+    try:
+        sigmas = sorted({float(level) for level in levels.split(",")}) if levels else list(CALIBRATION_LEVELS)
+    except ValueError:
+        sigmas = []
+    if len(sigmas) < 2 or sigmas[0] < 0:
+        raise click.BadParameter(f"'{levels}' is not a list of at least two levels >= 0", param_hint="--levels")
     _check_target(output, overwrite)
     try:
         payload = read_checkpoint(resolve_model_path(model_name))
@@ -559,12 +575,14 @@ def calibrate(model_name, image_dirs, output, count, seed, overwrite):
         images = [image.astype("float64") for image in load_training_images(paths, model.patch_size)]
     except TrainingDataError as error:
         raise click.ClickException(str(error)) from None
-    calibration = calibrate_noise(model, images, seed=seed)
-    calibration["data"] = ", ".join(str(d) for d in image_dirs)
+    calibration = calibrate_noise(model, images, sigmas, seed=seed)
+    for curve in calibration.values():
+        curve["data"] = ", ".join(str(d) for d in image_dirs)
     save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": calibration},
                     payload.get("training"))
-    for true, raw in zip(CALIBRATION_SIGMAS, calibration["raw"]):
-        click.echo(f"sigma {true:5g}: raw estimate {255 * raw:7.2f}")
+    click.echo("sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)")
+    for row, true in enumerate(sigmas):
+        click.echo(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))
     click.echo(f"wrote {output}", err=True)
 
 

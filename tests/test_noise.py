@@ -12,6 +12,7 @@ from gmdm_cli.cli import cli
 from gmdm_cli.model import image_patch_energy
 from gmdm_cli.noise import (
     apply_calibration,
+    estimate_flat_sigma,
     estimate_global_sigma,
     estimate_noise,
     estimate_sigma_map,
@@ -43,6 +44,26 @@ def test_global_estimate_finds_synthetic_noise(model, camera, sigma):
     assert abs(estimate - sigma) < abs(estimate_global_sigma(model, torch.tensor(camera, dtype=torch.float32)) - sigma)
 
 
+@pytest.mark.parametrize("sigma", [10 / 255, 25 / 255])
+def test_flat_estimate_ignores_texture_that_biases_the_mean_energy(model, sigma):
+    from skimage import data
+
+    smooth = np.tile(np.linspace(0.3, 0.6, 128)[:, None], (1, 128))
+    mixed = smooth.copy()
+    mixed[:, 64:] = data.grass()[:128, :64] / 255.0  # half the image is dense texture
+    noise = sigma * np.random.default_rng(3).standard_normal(smooth.shape)
+    flat = [estimate_flat_sigma(model, torch.tensor(x + noise, dtype=torch.float32)) for x in (smooth, mixed)]
+    whole = [estimate_global_sigma(model, torch.tensor(x + noise, dtype=torch.float32)) for x in (smooth, mixed)]
+    assert abs(flat[1] - flat[0]) < 0.05 * sigma  # measured 1-2 %
+    assert whole[1] - whole[0] > 0.1 * sigma  # measured 15-40 %
+    assert 0.5 * sigma < flat[0] < sigma  # raw: biased low by selecting the lowest blocks, calibrated later
+
+
+def test_unknown_estimator_is_refused(model, camera):
+    with pytest.raises(ValueError, match="unknown estimator"):
+        estimate_noise(model, camera, estimator="median")
+
+
 def test_noise_map_separates_two_noise_levels(model, camera):
     rows = np.arange(camera.shape[0])[:, None] < camera.shape[0] // 2
     truth = np.where(rows, 0.05, 0.15) * np.ones_like(camera)
@@ -72,7 +93,11 @@ def test_estimate_noise_cli_json_and_maps(tmp_path, camera):
     result = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--json", "--map", "--window", "9"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.output.strip().splitlines()[-1])
-    assert record["path"].endswith("a.npy") and abs(record["sigma"] - 20) < 3
+    assert record["path"].endswith("a.npy") and abs(record["sigma"] - 20) < 3 and record["estimator"] == "flat"
+    paper = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--json", "--estimator", "mean-energy"])
+    assert paper.exit_code == 0, paper.output
+    record_paper = json.loads(paper.output)
+    assert record_paper["estimator"] == "mean-energy" and abs(record_paper["sigma"] - 20) < 3
     import imageio.v3 as iio
 
     tif = iio.imread(record["noise_map_tif"])
@@ -80,6 +105,19 @@ def test_estimate_noise_cli_json_and_maps(tmp_path, camera):
     assert (tmp_path / "a_noise_map.png").exists()
     again = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--map"])
     assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_estimate_noise_says_when_the_model_has_no_calibration(tmp_path, camera):
+    from gmdm_cli.checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
+
+    payload = read_checkpoint(resolve_model_path("7x7"))
+    metadata = {key: value for key, value in payload["metadata"].items() if key != "noise_calibration"}
+    save_checkpoint(tmp_path / "raw.pt", model_from_checkpoint(payload), metadata)
+    np.save(tmp_path / "a.npy", camera)
+    for model, expected in ((str(tmp_path / "raw.pt"), True), ("7x7", False)):
+        result = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--model", model])
+        assert result.exit_code == 0, result.output
+        assert ("no calibration for the 'flat' estimator" in result.output) == expected
 
 
 def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
@@ -90,16 +128,22 @@ def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
 
     folder = tmp_path / "clean"
     folder.mkdir()
-    iio.imwrite(folder / "camera.png", data.camera()[::2, ::2])
-    iio.imwrite(folder / "coins.png", data.coins())
-    result = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "cal.pt")])
+    iio.imwrite(folder / "camera.png", data.camera()[::4, ::4])
+    iio.imwrite(folder / "coins.png", data.coins()[::2, ::2])
+    result = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "cal.pt"),
+                                      "--levels", "10,30,20"])
     assert result.exit_code == 0, result.output
-    calibration = read_checkpoint(tmp_path / "cal.pt")["metadata"]["noise_calibration"]
-    assert len(calibration["raw"]) == len(calibration["true"]) and calibration["images"] == 2
-    assert all(b > a for a, b in zip(calibration["raw"], calibration["raw"][1:]))
+    bad = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "bad.pt"), "--levels", "9"])
+    assert bad.exit_code == 2 and "at least two" in bad.output and not (tmp_path / "bad.pt").exists()
+    calibrations = read_checkpoint(tmp_path / "cal.pt")["metadata"]["noise_calibration"]
+    assert set(calibrations) == {"flat", "mean-energy"}
+    for calibration in calibrations.values():
+        assert calibration["true"] == pytest.approx([10 / 255, 20 / 255, 30 / 255]) and calibration["images"] == 2
+        assert all(b > a for a, b in zip(calibration["raw"], calibration["raw"][1:]))
     calibrated = load_model(tmp_path / "cal.pt")
     clean = data.camera()[1::2, 1::2] / 255.0
     noisy = clean + 20 / 255 * np.random.default_rng(5).standard_normal(clean.shape)
-    raw, _ = estimate_noise(load_model("7x7"), noisy)
-    fixed, _ = estimate_noise(calibrated, noisy)
-    assert abs(fixed - 20 / 255) <= abs(raw - 20 / 255)
+    for estimator in ("flat", "mean-energy"):
+        raw, _ = estimate_noise(load_model("7x7"), noisy, estimator=estimator)
+        fixed, _ = estimate_noise(calibrated, noisy, estimator=estimator)
+        assert abs(fixed - 20 / 255) <= abs(raw - 20 / 255)
