@@ -29,8 +29,8 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (ESTIMATORS, apply_calibration, calibration_for, estimate_noise_map, estimate_sigma_map,
-                            mean_patch_energy, raw_global_sigma, response_histograms)
+from gmdm_cli.noise import (apply_calibration, calibration_for, estimate_noise_map, estimate_sigma_map,
+                            mean_patch_energy, raw_global_sigmas, response_histograms)
 from gmdm_cli.training import find_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -50,8 +50,7 @@ def homoscedastic(model, images, seed, show):
         for index, clean in enumerate(images):
             noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
             tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
-            for estimator in ESTIMATORS:
-                raw = raw_global_sigma(model, tensor, estimator)
+            for estimator, raw in raw_global_sigmas(model, tensor).items():
                 values[f"{estimator} (default)" if estimator == "flat" else estimator].append(
                     255 * apply_calibration(raw, calibration_for(model, estimator)))
                 values[f"{estimator}, raw"].append(255 * raw)

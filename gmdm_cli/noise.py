@@ -90,7 +90,8 @@ def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512
 ESTIMATORS = ("flat", "mean-energy")
 
 
-def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01) -> float:
+def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01,
+                        whole: float | None = None) -> float:
     """Raw noise level of a gray image ``(H, W)`` (0-1 scale) from its flattest regions.
 
     Patch energies are computed on the levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image
@@ -101,10 +102,11 @@ def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     mean energy, i.e. Fig. 4's estimator restricted to them. Window 15 and fraction 1 % were chosen on
     BSDS400 training images (``benchmarks/noise.py`` measures it on BSD68). Uncalibrated: selecting low
     blocks biases it low by the same factor for every image, which :func:`calibrate_noise` removes.
+    ``whole``: the whole-image estimate when it is already known.
     """
     import torch.nn.functional as F
 
-    whole = max(estimate_global_sigma(model, image), 2 / 255)
+    whole = max(estimate_global_sigma(model, image) if whole is None else whole, 2 / 255)
     ladder = sigma_levels()
     inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
     levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]  # and one more on each side
@@ -198,13 +200,22 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
+def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=ESTIMATORS) -> dict[str, float]:
+    """The uncalibrated global estimates of ``estimators`` (of :data:`ESTIMATORS`) for a gray image; the
+    flat estimator starts from the whole-image one, which is computed once for both."""
+    unknown = [estimator for estimator in estimators if estimator not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(ESTIMATORS)})")
+    whole = estimate_global_sigma(model, image)
+    found = {"mean-energy": whole}
+    if "flat" in estimators:
+        found["flat"] = estimate_flat_sigma(model, image, whole=whole)
+    return {estimator: found[estimator] for estimator in estimators}
+
+
 def raw_global_sigma(model: PatchGMDM, image: torch.Tensor, estimator: str = "flat") -> float:
     """The uncalibrated global estimate of ``estimator`` (one of :data:`ESTIMATORS`) for a gray image."""
-    if estimator == "flat":
-        return estimate_flat_sigma(model, image)
-    if estimator == "mean-energy":
-        return estimate_global_sigma(model, image)
-    raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
+    return raw_global_sigmas(model, image, (estimator,))[estimator]
 
 
 def calibration_for(model: PatchGMDM, estimator: str) -> dict | None:
@@ -270,8 +281,8 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
         for image in images:
             noisy = image + sigma / 255 * rng.standard_normal(image.shape)
             tensor = torch.as_tensor(noisy, dtype=model.filters.dtype, device=model.filters.device)
-            for estimator in estimators:
-                estimates[estimator].append(raw_global_sigma(model, tensor, estimator))
+            for estimator, value in raw_global_sigmas(model, tensor, estimators).items():
+                estimates[estimator].append(value)
         for estimator in estimators:
             raw[estimator].append(float(np.mean(estimates[estimator])))
     result = {}

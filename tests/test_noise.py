@@ -64,6 +64,15 @@ def test_unknown_estimator_is_refused(model, camera):
         estimate_noise(model, camera, estimator="median")
 
 
+def test_both_raw_estimates_at_once_equal_each_alone(model, camera):
+    from gmdm_cli.noise import raw_global_sigmas
+
+    noisy = torch.tensor(camera[:96, :96] + 0.08 * np.random.default_rng(8).standard_normal((96, 96)),
+                         dtype=torch.float32)
+    both = raw_global_sigmas(model, noisy)
+    assert both == {"flat": estimate_flat_sigma(model, noisy), "mean-energy": estimate_global_sigma(model, noisy)}
+
+
 def test_noise_map_separates_two_noise_levels(model, camera):
     rows = np.arange(camera.shape[0])[:, None] < camera.shape[0] // 2
     truth = np.where(rows, 0.05, 0.15) * np.ones_like(camera)
