@@ -100,7 +100,7 @@ def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     blocks of patch positions (overlapping by two thirds); every block gets its argmin. The ``fraction`` of
     blocks with the lowest argmin are the flattest regions: the estimate is the argmin over ``t`` of their
     mean energy, i.e. Fig. 4's estimator restricted to them. Window 15 and fraction 1 % were chosen on
-    BSDS400 training images (``benchmarks/noise.py`` measures it on BSD68). Uncalibrated: selecting low
+    BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on BSD68). Uncalibrated: selecting low
     blocks biases it low by the same factor for every image, which :func:`calibrate_noise` removes.
     ``whole``: the whole-image estimate when it is already known.
     """
