@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.noise import _argmin_refined, apply_calibration, estimate_global_sigma, patch_energies, sigma_levels
+from gmdm_cli.noise import _argmin_refined, apply_calibration, estimate_global_sigma, window_energies
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
@@ -32,13 +31,8 @@ QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
 
 def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
     """Raw estimates (0-1 scale) of every variant: fractions, quantiles, mean-energy."""
-    whole = max(estimate_global_sigma(model, noisy), 2 / 255)
-    ladder = sigma_levels()
-    inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
-    levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
-    energies = patch_energies(model, noisy, levels)
-    blocks = F.avg_pool2d(energies[None], window, stride=window // 3)[0].flatten(1)
-    levels = levels.to(blocks.dtype)
+    whole = estimate_global_sigma(model, noisy)
+    blocks, levels = window_energies(model, noisy, window, whole)
     argmins = _argmin_refined(blocks, levels)
     order = torch.argsort(argmins)
     values = []
@@ -46,7 +40,7 @@ def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
         keep = order[:max(1, round(fraction * blocks.shape[1]))]
         values.append(float(_argmin_refined(blocks[:, keep].mean(1, keepdim=True), levels)[0]))
     values += [float(torch.quantile(argmins.double(), q)) for q in QUANTILES]
-    return values + [whole]
+    return values + [max(whole, 2 / 255)]
 
 
 def report(results: np.ndarray) -> None:

@@ -104,18 +104,26 @@ def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     blocks biases it low by the same factor for every image, which :func:`calibrate_noise` removes.
     ``whole``: the whole-image estimate when it is already known.
     """
+    blocks, levels = window_energies(model, image, window, whole)
+    flattest = torch.argsort(_argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
+    return float(_argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
+
+
+def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
+                    whole: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean patch energies over ``window x window`` blocks of patch positions (stride ``window // 3``), on the
+    levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
+    given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`."""
     import torch.nn.functional as F
 
     whole = max(estimate_global_sigma(model, image) if whole is None else whole, 2 / 255)
     ladder = sigma_levels()
     inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
-    levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]  # and one more on each side
+    levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
     energies = patch_energies(model, image, levels)  # (K, h, w)
     window = max(1, min(window, *energies.shape[-2:]))
-    blocks = F.avg_pool2d(energies[None], window, stride=max(1, window // 3))[0].flatten(1)  # (K, blocks)
-    levels = levels.to(blocks.dtype)
-    flattest = torch.argsort(_argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
-    return float(_argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
+    blocks = F.avg_pool2d(energies[None], window, stride=max(1, window // 3))[0].flatten(1)
+    return blocks, levels.to(blocks.dtype)
 
 
 def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
