@@ -1,6 +1,8 @@
 """Noise estimation and blind denoising with a GMDM (Sec. 4.4, Figs. 3-4 of the paper).
 
-    python benchmarks/noise.py --markdown benchmarks/results/noise.md --figure benchmarks/results/fig4.png
+    python benchmarks/noise.py --parts global --markdown benchmarks/results/noise-global.md
+    python benchmarks/noise.py --parts maps --map-images 4 --markdown benchmarks/results/noise-maps.md \
+        --figure benchmarks/results/fig4.png
 
 In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image, not clipped):
 
@@ -8,9 +10,9 @@ In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image,
   the global estimates (the default "flat" estimator and the paper's "mean-energy" argmin, each calibrated
   and raw), with ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs PyWavelets) beside them;
 * heteroscedastic (Fig. 3), on the first ``--map-images`` images: sigma 0.1 / 0.2 on a checkerboard of
-  64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (pooled energies, and
-  the raw per-patch argmin), and PSNR of blind EB-PA (estimated map) against EB-PA with the true map and with
-  the single RMS sigma of the image;
+  64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (the default, a box
+  average of the energies as before, and the raw per-patch argmin), and PSNR of blind EB-PA and HQS (estimated
+  map) against the same with the true map and with the single RMS sigma of the image;
 * Fig. 4: the expected normalised negative log-density of noisy patches, mean over the images, on a grid of
   the true noise level sigma and the model's sqrt(2t), with the argmin over t per sigma, as a PNG.
 """
@@ -29,8 +31,9 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (apply_calibration, calibration_for, estimate_noise_map, estimate_sigma_map,
-                            mean_patch_energy, raw_global_sigmas, response_histograms)
+from gmdm_cli.noise import (MAP_OPENING, MAP_WINDOW, apply_calibration, calibration_for, map_calibration,
+                            map_from_energies, mean_patch_energy, patch_energies, raw_global_sigmas,
+                            response_histograms, sigma_levels)
 from gmdm_cli.training import find_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -49,7 +52,7 @@ def homoscedastic(model, images, seed, show):
         values = {name: [] for name in columns}
         for index, clean in enumerate(images):
             noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
+            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
             for estimator, raw in raw_global_sigmas(model, tensor).items():
                 values[f"{estimator} (default)" if estimator == "flat" else estimator].append(
                     255 * apply_calibration(raw, calibration_for(model, estimator)))
@@ -66,31 +69,45 @@ def heteroscedastic(model, images, seed, show):
     show()
     show("## Heteroscedastic noise (Fig. 3)")
     show()
-    show("| pattern | map RMSE (pooled) | map RMSE (raw per patch) | blind EB-PA | EB-PA, true map | EB-PA, RMS sigma |")
-    show("|---|---|---|---|---|---|")
+    show("Map RMSE (0-255 scale) of the default map (energies pooled over 7x7 patches, opening 45, calibrated), of "
+         "a box average of the energies over 31x31 patches (the previous default) and of the raw per-patch argmin; "
+         "PSNR of blind denoising (default map) against denoising with the true map and with the single RMS sigma.")
+    show()
+    show("| pattern | map RMSE | box 31 | raw per patch | blind EB-PA | EB-PA, true map | EB-PA, RMS sigma "
+         "| blind HQS | HQS, true map | HQS, RMS sigma |")
+    show("|---" * 10 + "|")
     for name in ("checkerboard 0.1 / 0.2", "ramp 0.02 -> 0.2"):
-        rows = {key: [] for key in ("pooled", "raw", "blind", "true", "rms")}
+        rows = {}
         for index, clean in enumerate(images):
             height, width = clean.shape
             if name.startswith("checker"):
                 squares = (np.arange(height)[:, None] // 64 + np.arange(width)[None] // 64) % 2
                 truth = np.where(squares == 0, 0.1, 0.2)
             else:
-                truth = np.broadcast_to(np.linspace(0.02, 0.2, width)[None], (height, width))
+                truth = np.array(np.broadcast_to(np.linspace(0.02, 0.2, width)[None], (height, width)))
             noisy = clean + truth * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            estimated = estimate_noise_map(model, noisy)
-            tensor = torch.as_tensor(noisy, dtype=model.filters.dtype)
-            with torch.no_grad():
-                raw_map = apply_calibration(estimate_sigma_map(model, tensor, window=1).double().numpy(),
-                                            calibration_for(model, "mean-energy"))
-            rows["pooled"].append(255 * np.sqrt(np.mean((estimated - truth) ** 2)))
-            rows["raw"].append(255 * np.sqrt(np.mean((raw_map - truth) ** 2)))
-            rows["blind"].append(psnr(denoise_array(model, noisy, estimated), clean))
-            rows["true"].append(psnr(denoise_array(model, noisy, np.array(truth)), clean))
-            rows["rms"].append(psnr(denoise_array(model, noisy, float(np.sqrt(np.mean(truth**2)))), clean))
+            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
+            levels = sigma_levels()
+            energies = patch_energies(model, tensor, levels)  # once for the three maps
+
+            def pixel_map(window, opening, calibration):
+                return apply_calibration(map_from_energies(model, energies, levels, noisy.shape, window, opening)
+                                         .double().numpy(), calibration)
+
+            estimated = pixel_map(MAP_WINDOW, MAP_OPENING, map_calibration(model))  # = estimate_noise_map(model, noisy)
+            maps = {"map": estimated, "box": pixel_map(31, 1, calibration_for(model, "mean-energy")),
+                    "raw": pixel_map(1, 1, calibration_for(model, "mean-energy"))}
+            rms = float(np.sqrt(np.mean(truth**2)))
+            values = {key: 255 * np.sqrt(np.mean((value - truth) ** 2)) for key, value in maps.items()}
+            for method in ("ebpa", "hqs"):
+                for key, sigma in (("blind", estimated), ("true", truth), ("rms", rms)):
+                    values[f"{method} {key}"] = psnr(denoise_array(model, noisy, sigma, method), clean)
+            for key, value in values.items():
+                rows.setdefault(key, []).append(value)
         means = {key: float(np.mean(values)) for key, values in rows.items()}
-        show(f"| {name} | {means['pooled']:.2f} | {means['raw']:.2f} | {means['blind']:.2f} dB | "
-             f"{means['true']:.2f} dB | {means['rms']:.2f} dB |")
+        show(f"| {name} | {means['map']:.2f} | {means['box']:.2f} | {means['raw']:.2f} | "
+             + " | ".join(f"{means[f'{m} {k}']:.2f} dB" for m in ("ebpa", "hqs") for k in ("blind", "true", "rms"))
+             + " |")
 
 
 def figure4(model, images, seed, path: Path, show):
@@ -105,7 +122,7 @@ def figure4(model, images, seed, path: Path, show):
     for index, clean in enumerate(images):
         for i, sigma in enumerate(true_sigmas):
             noisy = clean + sigma * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            histograms = response_histograms(model, torch.as_tensor(noisy, dtype=model.filters.dtype)[None, None])
+            histograms = response_histograms(model, torch.as_tensor(noisy, dtype=model.logits.dtype)[None, None])
             energy[i] += [mean_patch_energy(model, histograms, s) for s in model_sigmas]
     energy /= len(images)
     figure, axis = plt.subplots(figsize=(6, 4.5), dpi=120)
@@ -133,7 +150,11 @@ def main(argv=None) -> int:
     parser.add_argument("--map-images", type=int, default=8, help="images for the heteroscedastic part and Fig. 4")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--figure", type=Path, help="write Fig. 4 here (needs matplotlib)")
+    parser.add_argument("--parts", default="global,maps",
+                        help="comma-separated: global (homoscedastic), maps (heteroscedastic and, with --figure, "
+                             "Fig. 4)")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     model = load_model(args.model)
     images = [read_image(path)[0] for path in find_images([args.data])]
     lines = [f"# Noise estimation ({date.today()})", "",
@@ -146,10 +167,12 @@ def main(argv=None) -> int:
         lines.append(line)
 
     started = time.perf_counter()
-    homoscedastic(model, images, args.seed, show)
-    heteroscedastic(model, images[: args.map_images], args.seed, show)
-    if args.figure:
-        figure4(model, images[: args.map_images], args.seed, args.figure, show)
+    if "global" in parts:
+        homoscedastic(model, images, args.seed, show)
+    if "maps" in parts:
+        heteroscedastic(model, images[: args.map_images], args.seed, show)
+        if args.figure:
+            figure4(model, images[: args.map_images], args.seed, args.figure, show)
     show()
     show(f"{time.perf_counter() - started:.0f} s")
     if args.markdown:

@@ -67,7 +67,9 @@ def main(argv=None) -> int:
     paths = find_images([args.data])[: args.limit]
     images = [read_image(path)[0] for path in paths]
     sigmas = [float(s) for s in args.sigmas.split(",")]
-    paper = PAPER.get((args.method, model.patch_size), {})
+    size = getattr(model, "patch_size", None)  # None: a band (conv) model, which the paper did not evaluate
+    kind = f"{size}x{size}" if size else f"conv {model.bands}x{model.bands} bands"
+    paper = PAPER.get((args.method, size), {})
 
     rows = []
     started = time.perf_counter()
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
 
     lines = [
-        f"{args.method.upper()} {model.patch_size}x{model.patch_size} ({args.boundary} boundary) on {args.data.name} "
+        f"{args.method.upper()} {kind} ({args.boundary} boundary) on {args.data.name} "
         f"({len(images)} images), model {args.model} ({metadata.get('steps', '?')} training steps"
         + (f" from {metadata['initialised_from']}" if "initialised_from" in metadata else "") + ")",
         "",

@@ -59,13 +59,13 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         Gray ``(H, W)`` or colour ``(H, W, 3|4)`` image, float values on the [0, 1] scale.
     sigma : float or ndarray, optional
         Noise standard deviation on the same [0, 1] scale (25/255 for "sigma 25"), or a per-pixel map
-        ``(H, W)`` of it (EB-PA only). Leave it out with ``blind=True``.
+        ``(H, W)`` of it. Leave it out with ``blind=True``.
     method : {"ebpa", "hqs"}
         Empirical-Bayes patch averaging (Sec. 4.3 of the paper) or half-quadratic splitting.
     model : str, path or PatchGMDM
         Built-in model name, checkpoint path, or a loaded model.
     blind : bool
-        Estimate the per-pixel noise map with :func:`estimate_noise` and denoise with it (EB-PA).
+        Estimate the per-pixel noise map with :func:`estimate_noise` and denoise with it.
     boundary : {"valid", "reflect"}
         Patches inside the image only, or mirror the borders first.
     colour : {"rgb", "opponent"}
@@ -113,7 +113,7 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
 
 
-def estimate_noise(image, map=False, model="7x7", window=31, estimator="flat"):
+def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimator="flat"):
     """Estimate the standard deviation of additive Gaussian noise in an image (Sec. 4.4 of the paper).
 
     Parameters
@@ -125,7 +125,10 @@ def estimate_noise(image, map=False, model="7x7", window=31, estimator="flat"):
     model : str, path or PatchGMDM
         Built-in model name, checkpoint path, or a loaded model.
     window : int
-        Neighbourhood (in patches) over which patch energies are pooled for the map.
+        Map: neighbourhood (in patches) over which patch energies are pooled before each local argmin.
+    opening : int
+        Map: size (in patches) of the gray-scale opening that removes raised estimates on texture
+        (:func:`gmdm_cli.noise.estimate_sigma_map`); 1 skips it.
     estimator : {"flat", "mean-energy"}
         ``"flat"``: the argmin over t in the image's flattest regions (robust to texture); ``"mean-energy"``:
         ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
@@ -149,5 +152,6 @@ def estimate_noise(image, map=False, model="7x7", window=31, estimator="flat"):
 
     from .noise import estimate_noise as estimate
 
-    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, window, estimator)
+    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, window, opening,
+                                 estimator)
     return (sigma, sigma_map) if map else sigma

@@ -2,13 +2,16 @@
 
 A checkpoint is a ``torch.save`` dictionary of tensors, strings and numbers only, read back
 with ``torch.load(weights_only=True)``: PyTorch's restricted unpickler refuses anything else
-(classes, functions, ``__reduce__`` payloads). Layout::
+(classes, functions, ``__reduce__`` payloads). Layout of a patch model::
 
     {"format": "gmdm-patch", "format_version": 1,
      "filters": (J, a) tensor, "logits": (J, L) tensor,
      "metadata": {"patch_size", "num_components", "gamma", "sigma0", "steps", "optimizer",
                   "training_data", "version", ...},
      "training": {...}}        # optional: optimiser and RNG state for ``gmdm train --resume``
+
+A band model (:mod:`gmdm_cli.band_model`, ``gmdm train --model-type conv``) has ``"format": "gmdm-band"``,
+no filters, ``logits`` ``(M^2 - 1, L)`` and ``"bands": M`` in its metadata.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import torch
 
 from . import __version__
 from .image_io import atomic_output
+from .band_model import BandGMDM
 from .model import PatchGMDM
 
 FORMAT = "gmdm-patch"
+BAND_FORMAT = "gmdm-band"
 FORMAT_VERSION = 1
-BUILTIN_MODELS = {"7x7": "gmdm-7x7.pt", "15x15": "gmdm-15x15.pt"}
+BUILTIN_MODELS = {"7x7": "gmdm-7x7.pt", "15x15": "gmdm-15x15.pt", "conv": "gmdm-conv.pt"}
 
 
 class CheckpointError(ValueError):
@@ -36,20 +41,22 @@ def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | 
                     training: dict | None = None) -> None:
     """Write ``model`` (and optionally training state) to ``path`` atomically."""
     path = Path(path)
+    shape = {"bands": model.bands} if isinstance(model, BandGMDM) else {"patch_size": model.patch_size}
     payload = {
-        "format": FORMAT,
+        "format": BAND_FORMAT if isinstance(model, BandGMDM) else FORMAT,
         "format_version": FORMAT_VERSION,
-        "filters": model.filters.detach().cpu().clone(),
         "logits": model.logits.detach().cpu().clone(),
         "metadata": {
             **(metadata or {}),
-            "patch_size": model.patch_size,
+            **shape,
             "num_components": model.num_components,
             "gamma": model.gamma,
             "sigma0": model.sigma0,
             "version": __version__,
         },
     }
+    if not isinstance(model, BandGMDM):
+        payload["filters"] = model.filters.detach().cpu().clone()
     if training is not None:
         payload["training"] = training
     with atomic_output(path) as temporary:
@@ -68,16 +75,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "it contains Python objects other than tensors and plain data, refused for safety"
         raise CheckpointError(f"{path}: not a gmdm checkpoint ({reason})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a gmdm checkpoint (no '{FORMAT}' format tag)")
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, BAND_FORMAT):
+        raise CheckpointError(f"{path}: not a gmdm checkpoint (no '{FORMAT}' or '{BAND_FORMAT}' format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format version {payload.get('format_version')!r}")
-    filters, logits = payload.get("filters"), payload.get("logits")
-    if not isinstance(filters, torch.Tensor) or not isinstance(logits, torch.Tensor):
-        raise CheckpointError(f"{path}: checkpoint lacks 'filters' or 'logits' tensors")
-    metadata = payload.get("metadata")
+    metadata, logits = payload.get("metadata"), payload.get("logits")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: checkpoint lacks its metadata")
+    if payload["format"] == BAND_FORMAT:
+        bands = metadata.get("bands")
+        if (not isinstance(logits, torch.Tensor) or not isinstance(bands, int) or bands < 2 or logits.dim() != 2
+                or logits.shape != (bands**2 - 1, metadata.get("num_components"))):
+            raise CheckpointError(f"{path}: band checkpoint's logits do not match {bands!r} bands and "
+                                  f"{metadata.get('num_components')!r} components")
+        if not torch.isfinite(logits).all():
+            raise CheckpointError(f"{path}: checkpoint holds NaN or infinite parameters")
+        return payload
+    filters = payload.get("filters")
+    if not isinstance(filters, torch.Tensor) or not isinstance(logits, torch.Tensor):
+        raise CheckpointError(f"{path}: checkpoint lacks 'filters' or 'logits' tensors")
     size = metadata.get("patch_size")
     if (not isinstance(size, int) or filters.dim() != 2 or logits.dim() != 2
             or filters.shape != (size**2 - 1, size**2) or logits.shape[0] != size**2 - 1
@@ -89,10 +105,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM:
-    """A :class:`PatchGMDM` from a validated checkpoint dictionary."""
-    model = PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype),
-                      gamma=float(payload["metadata"].get("gamma", 1.0)))
+def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM | BandGMDM:
+    """A :class:`PatchGMDM` (or :class:`~gmdm_cli.band_model.BandGMDM`) from a validated checkpoint dictionary."""
+    gamma = float(payload["metadata"].get("gamma", 1.0))
+    if payload["format"] == BAND_FORMAT:
+        model = BandGMDM(payload["metadata"]["bands"], payload["logits"].to(dtype), gamma)
+    else:
+        model = PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype), gamma)
     model.metadata = dict(payload["metadata"])
     return model
 

@@ -28,16 +28,20 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _load_model(name: str, device):
-    """The model, loaded once per process for a given file version and device (it carries its expert tables)."""
+def _load_model(name: str, device, patch_only: bool = False):
+    """The model, loaded once per process for a given file version and device (it carries its expert tables);
+    ``patch_only``: refuse a band (conv) model, for the commands that work on patches."""
     from .checkpoint import CheckpointError, resolve_model_path
 
     try:
         path = resolve_model_path(name)
         stamp = path.stat().st_mtime_ns if path.is_file() else None
-        return _cached_model(str(path), str(device), stamp)
+        model = _cached_model(str(path), str(device), stamp)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
+    if patch_only and not hasattr(model, "patch_size"):
+        raise click.ClickException(f"{name}: a conv (band) model; this command works with patch models")
+    return model
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,9 +99,17 @@ def cli():
 @click.argument("image_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (and to continue from with --resume).")
-@click.option("--patch-size", default=7, show_default=True, type=click.IntRange(2, 31), help="Patch side b.")
+@click.option("--model-type", type=click.Choice(["patch", "conv"]), default="patch", show_default=True,
+              help="patch: the patch GMDM (Sec. 3.1); conv: the convolutional model of Sec. 3.2 made exact by "
+                   "critically sampled bands (gmdm_cli.band_model).")
+@click.option("--patch-size", default=7, show_default=True, type=click.IntRange(2, 256),
+              help="Patch side b (at most 31); conv: the side of the training crops, a multiple of --bands "
+                   "[default: 8 x bands].")
+@click.option("--bands", default=8, show_default=True, type=click.IntRange(2, 32),
+              help="conv: bands per axis (M x M bands, M^2 - 1 experts).")
 @click.option("--steps", default=100_000, show_default=True, type=click.IntRange(1), help="Total optimiser steps.")
-@click.option("--batch-size", default=3200, show_default=True, type=click.IntRange(1), help="Patches per step.")
+@click.option("--batch-size", default=3200, type=click.IntRange(1),
+              help="Patches per step [default: 3200; conv: 16 crops].")
 @click.option("--learning-rate", default=1e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Initial Adam step size (cosine decay to 1% of it).")
 @click.option("--sigma-max", default=0.4, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -113,9 +125,9 @@ def cli():
               help="Save the checkpoint every N steps (and at the end).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Append 'step loss seconds' lines to this file every 100 steps.")
-def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigma_max, seed, loss, init_model,
-          device, resume, checkpoint_every, log_path):
-    """Train a patch GMDM by denoising score matching on the images in IMAGE_DIRS.
+def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, learning_rate, sigma_max, seed, loss,
+          init_model, device, resume, checkpoint_every, log_path):
+    """Train a GMDM by denoising score matching on the images in IMAGE_DIRS.
 
     Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
     """
@@ -126,14 +138,27 @@ def train(image_dirs, output, patch_size, steps, batch_size, learning_rate, sigm
         raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
     try:
         initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
-        if click.get_current_context().get_parameter_source("patch_size").name == "DEFAULT":
-            if initial is not None:  # the patch size of the model or the run taken up
-                patch_size = initial["metadata"]["patch_size"]
-            elif resume and output.is_file():
-                patch_size = read_checkpoint(output)["metadata"]["patch_size"]
+        source = click.get_current_context().get_parameter_source
+        taken = initial if initial is not None else read_checkpoint(output) if resume and output.is_file() else None
+        if taken is not None:  # the model or the run taken up says what it is
+            kind = "conv" if "bands" in taken["metadata"] else "patch"
+            if source("model_type").name != "DEFAULT" and kind != model_type:
+                raise click.UsageError(f"--model-type {model_type}: the model taken up is a {kind} model")
+            model_type, bands = kind, taken["metadata"].get("bands", bands)
+        if source("patch_size").name == "DEFAULT":
+            if taken is not None:
+                patch_size = taken["metadata"].get("crop_size", taken["metadata"].get("patch_size"))
+            elif model_type == "conv":
+                patch_size = 8 * bands
+        if model_type == "conv" and source("batch_size").name == "DEFAULT":
+            batch_size = 16
+        if model_type == "patch" and patch_size > 31:
+            raise click.BadParameter(f"{patch_size}: patches are at most 31 pixels wide", param_hint="--patch-size")
+        if model_type == "patch" and source("bands").name != "DEFAULT":
+            raise click.UsageError("--bands goes with --model-type conv")
         config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
                                 learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
-                                sigma_max=sigma_max, seed=seed, loss=loss)
+                                sigma_max=sigma_max, seed=seed, loss=loss, model_type=model_type, bands=bands)
         summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
                                checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
                                initial_name=init_model)
@@ -220,7 +245,7 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
               help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
 @click.option("--sigma", type=click.FloatRange(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
-@click.option("--blind", is_flag=True, help="Estimate a per-pixel noise map first and denoise with it (EB-PA).")
+@click.option("--blind", is_flag=True, help="Estimate a per-pixel noise map first and denoise with it (EB-PA or HQS).")
 @click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
               help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, the image's size).")
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -235,7 +260,7 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
               help="Colour images: denoise R, G, B separately, or decorrelated opponent channels "
                    "(measured 0.2-0.5 dB worse with the gray prior; see the README).")
 @click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15) or a checkpoint path.")
+              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--tile", default="auto", show_default=True, callback=lambda ctx, param, value: _tile(value),
               help="Work in tiles of N x N pixels (same result, bounded memory); 0: the whole image at once; "
@@ -340,7 +365,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
               help="Noise standard deviation on the 0-255 scale.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
 @click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15) or a checkpoint path.")
+              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write clean.png, noisy.png and denoised.png here.")
@@ -360,7 +385,7 @@ def demo(image, sigma, seed, model_name, device, output_dir):
     denoised = denoise_array(model, noisy, sigma / 255)
     seconds = time.perf_counter() - started
     click.echo(f"{image} ({clean.shape[1]}x{clean.shape[0]}), sigma {sigma:g}: noisy {psnr(noisy, clean):.2f} dB, "
-               f"EB-PA {model.patch_size}x{model.patch_size} {psnr(denoised, clean):.2f} dB ({seconds:.2f} s)")
+               f"EB-PA {model_name} {psnr(denoised, clean):.2f} dB ({seconds:.2f} s)")
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         for name, array in (("clean", clean), ("noisy", noisy), ("denoised", denoised)):
@@ -397,7 +422,7 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
     if output.suffix.lower() not in (".png", ".npy"):
         raise click.BadParameter("the output must end in .png or .npy", param_hint="-o/--output")
     _check_target(output, overwrite)
-    model = _load_model(model_name, _device(device))
+    model = _load_model(model_name, _device(device), patch_only=True)
     generator = torch.Generator(device=model.filters.device).manual_seed(seed)
     if size is None:
         draws = np.stack([sample_patches(model, count, s / 255, generator).double().cpu().numpy() for s in sigmas])
@@ -453,7 +478,7 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 
     sigmas = [s / 255 for s in _sigmas(sigma_text)]
     _check_target(output, overwrite)
-    model = _load_model(model_name, torch.device("cpu"))
+    model = _load_model(model_name, torch.device("cpu"), patch_only=True)
     generator = torch.Generator().manual_seed(seed)
     samples = None
     if image_dir is not None:
@@ -476,14 +501,17 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @cli.command("estimate-noise")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15) or a checkpoint path.")
+              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
 @click.option("--map", "noise_map", is_flag=True,
               help="Also estimate the per-pixel noise map: <stem>_noise_map.tif (float32, 0-255) and "
                    "<stem>_noise_map.png (colour-mapped with a scale bar).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the maps here instead of beside each input.")
-@click.option("--window", default=31, show_default=True, type=click.IntRange(1, 255),
-              help="Neighbourhood (in patches) over which energies are pooled for the map.")
+@click.option("--window", default=7, show_default=True, type=click.IntRange(1, 255),
+              help="Map: neighbourhood (in patches) over which energies are pooled before each local argmin.")
+@click.option("--opening", default=45, show_default=True, type=click.IntRange(1, 1023),
+              help="Map: size (in patches) of the opening (minimum, then maximum filter) that removes raised "
+                   "estimates on texture; 1: none.")
 @click.option("--estimator", type=click.Choice(["flat", "mean-energy"]), default="flat", show_default=True,
               help="Global estimate: argmin over t in the flattest regions (flat), or of the mean energy of all "
                    "patches (mean-energy, the paper's Fig. 4; biased by texture).")
@@ -492,8 +520,8 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @_max_pixels
 @_quiet
 @click.option("--overwrite", is_flag=True, help="Replace existing map files.")
-def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator, as_json, device, max_pixels, quiet,
-                   overwrite):
+def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, estimator, as_json, device, max_pixels,
+                   quiet, overwrite):
     """Estimate the Gaussian noise level of INPUTS (0-255 scale), globally and with --map per pixel.
 
     '-' reads an image from standard input (its maps need --output-dir). Exit status: 0 all inputs done,
@@ -502,7 +530,7 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator,
     import json
 
     from .image_io import ImageError, write_image
-    from .noise import calibration_for
+    from .noise import calibration_for, map_calibration
     from .noise import estimate_noise as estimate
 
     if output_dir is not None and not output_dir.is_dir():
@@ -514,6 +542,9 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator,
     if calibration_for(model, estimator) is None:
         report.info(f"note: model {model_name} has no calibration for the '{estimator}' estimator; "
                     "estimates are raw (see gmdm calibrate)")
+    if noise_map and map_calibration(model, window, opening) is None:
+        report.info(f"note: model {model_name} has no map calibration for window {window} and opening {opening}; "
+                    "the maps are raw (see gmdm calibrate)")
     for path in inputs:
         folder = output_dir if output_dir is not None else (path.parent if str(path.parent) else Path("."))
         stem = "stdin" if str(path) == "-" else path.stem
@@ -522,7 +553,7 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator,
             for target in targets:
                 _check_target(target, overwrite, inputs)
             image, _ = _read_input(path, max_pixels)
-            sigma, sigma_map = estimate(model, image, noise_map, window, estimator)
+            sigma, sigma_map = estimate(model, image, noise_map, window, opening, estimator)
             record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator}
             if noise_map:
                 write_image(targets[0], 255 * sigma_map, dtype="float32")
@@ -550,11 +581,13 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, estimator,
 @click.option("--levels", help="Noise levels (0-255, comma-separated, at least two) at which to measure the "
                                 "estimators [default: 14 levels from 0 to 100].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
+@click.option("--estimator", "estimators", multiple=True, type=click.Choice(["flat", "mean-energy", "map"]),
+              help="Calibrate only these (repeatable) and keep the model's other curves [default: all three].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
-def calibrate(model_name, image_dirs, output, count, levels, seed, overwrite):
+def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
     from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
-    from .noise import CALIBRATION_LEVELS, calibrate_noise
+    from .noise import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise, calibration_for
     from .training import TrainingDataError, find_images, load_training_images
 
     try:
@@ -572,14 +605,15 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, overwrite):
     try:
         paths = find_images(image_dirs)
         paths = paths[:: max(1, len(paths) // count)][:count]
-        images = [image.astype("float64") for image in load_training_images(paths, model.patch_size)]
+        images = [image.astype("float64") for image in load_training_images(paths, getattr(model, "patch_size", 1))]
     except TrainingDataError as error:
         raise click.ClickException(str(error)) from None
-    calibration = calibrate_noise(model, images, sigmas, seed=seed)
+    calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED)
     for curve in calibration.values():
         curve["data"] = ", ".join(str(d) for d in image_dirs)
-    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": calibration},
-                    payload.get("training"))
+    kept = {name: calibration_for(model, name) for name in CALIBRATED if name not in calibration}
+    curves = {**{name: curve for name, curve in kept.items() if curve}, **calibration}
+    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": curves}, payload.get("training"))
     click.echo("sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)")
     for row, true in enumerate(sigmas):
         click.echo(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))

@@ -11,9 +11,12 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from .band_model import BandGMDM, band_denoise
 from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, row_strips, time_from_sigma
 from .tables import expert_table
 from .tiling import automatic_tile, tiled
@@ -126,7 +129,7 @@ def hqs_schedule(sigma: float, iterations: int = HQS_ITERATIONS, start: float = 
     return [start * t * ratio**k for k in range(iterations)]
 
 
-def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[float] | None = None,
+def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
         data_weight: float | None = None, boundary: str = "valid", exact: bool = False,
         tile: int | None = None) -> torch.Tensor:
     """Half-quadratic splitting (Zoran & Weiss; Sec. 4.3): minimise
@@ -137,7 +140,12 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
       ``lambda = data_weight / sigma^2``.
 
     Since ``sum_i P_i^T z_i = C (x + tweedie_average(x, t))``, the pixel update is the weighted mean of ``y`` and
-    the EB-PA estimate of ``x`` at time ``t``. Default schedule: :func:`hqs_schedule`. The prior sums over all
+    the EB-PA estimate of ``x`` at time ``t``, with weights ``lambda / beta = 2 data_weight t / sigma^2`` and ``C``:
+    they depend on ``t`` relative to ``sigma^2`` only. So ``sigma`` may also be one value per patch
+    ``(N, 1, H-b+1, W-b+1)`` (heteroscedastic noise, ``boundary="valid"``): every patch then runs the schedule
+    scaled by its own ``sigma^2`` (``schedule`` is given for ``sigma = 1``), which is the update above at every
+    pixel whose covering patches share one ``sigma`` and its natural extension (each patch's Tweedie step at its
+    own time) where the map varies. Default schedule: :func:`hqs_schedule`. The prior sums over all
     overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` rebalances the
     data term (EPLL uses ``lambda = N / sigma^2``, N pixels per patch). With ``data_weight = 1`` the prior
     dominates and HQS over-smooths (it then loses to EB-PA). Each Tweedie step removes noise of level
@@ -148,17 +156,33 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma: float, schedule: list[floa
     ``benchmarks/results/hqs-tuning.md``).
     ``tile``: see :func:`tweedie_average` (each iteration is tiled, so the halo stays ``b - 1``).
     """
-    batch, sigma_tensor, (rows, columns) = _prepare(model, noisy, sigma, boundary)
-    if sigma_tensor.dim() > 0:
-        raise ValueError("HQS takes a single sigma")
-    schedule = hqs_schedule(float(sigma)) if schedule is None else schedule
-    weight = (HQS_DATA_WEIGHT if data_weight is None else data_weight) / float(sigma) ** 2  # lambda
+    batch, sigma, (rows, columns) = _prepare(model, noisy, sigma, boundary)
+    if sigma.dim() == 0:
+        relative = [t / float(sigma) ** 2 for t in (hqs_schedule(float(sigma)) if schedule is None else schedule)]
+    else:
+        relative = hqs_schedule(1.0) if schedule is None else schedule
+    weight = HQS_DATA_WEIGHT if data_weight is None else data_weight
+    variance = float(sigma) ** 2 if sigma.dim() == 0 else sigma**2
     counts = patch_counts(model, batch)
     x = batch
-    for t in schedule:
-        beta = 1 / (2 * t)
-        x = (weight * batch + beta * counts * (x + tweedie_average(model, x, t, exact, tile))) / (weight + beta * counts)
+    for r in relative:
+        ratio = 2 * weight * r  # lambda / beta
+        x = (ratio * batch + counts * (x + tweedie_average(model, x, r * variance, exact, tile))) / (ratio + counts)
     return x[..., rows, columns].reshape(noisy.shape)
+
+
+def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma: float, iterations: int = HQS_ITERATIONS,
+             data_weight: float = HQS_DATA_WEIGHT) -> torch.Tensor:
+    """:func:`hqs` with the band model's prior ``sum_s log f(shift_s x, t)`` over the ``M^2`` lattice shifts, which
+    counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
+    beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) and
+    the same schedule and data weight as the patch models."""
+    counts = model.bands**2
+    x = noisy
+    for t in hqs_schedule(sigma, iterations):
+        ratio = 2 * data_weight * t / sigma**2  # lambda / beta
+        x = (ratio * noisy + counts * band_denoise(model, x, (2 * t) ** 0.5)) / (ratio + counts)
+    return x
 
 
 METHODS = ("ebpa", "hqs")
@@ -175,13 +199,14 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
                   tile: int | None = None, colour: str = "rgb", iterations: int = HQS_ITERATIONS):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
-    ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA with every
+    ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA or HQS with every
     patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
     denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
     :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
     over the default range of :func:`hqs_schedule`. The image stays in host
-    memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. Returns float64 numpy,
-    unclipped.
+    memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. A band (conv) model
+    (:mod:`gmdm_cli.band_model`) takes one ``sigma``, mirrors the borders itself and works on whole images
+    (``boundary`` and ``tile`` do not apply). Returns float64 numpy, unclipped.
     """
     import numpy as np
 
@@ -189,22 +214,31 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    dtype = model.filters.dtype
+    dtype = model.logits.dtype
     gray = image.ndim == 2
     channels = image[..., None] if gray else to_channels(image[..., :3], colour)
     gains = np.ones(1) if gray else noise_gains(colour)
     stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
     with torch.no_grad():
-        if np.ndim(sigma) == 2:
-            if method != "ebpa" or boundary != "valid":
-                raise ValueError("a per-pixel noise map works with method 'ebpa' and boundary 'valid'")
+        if isinstance(model, BandGMDM):
+            if np.ndim(sigma) == 2:
+                raise ValueError("per-pixel noise maps need a patch model (7x7, 15x15)")
+            denoise = band_denoise if method == "ebpa" else functools.partial(band_hqs, iterations=iterations)
+            result = torch.stack([denoise(model, stack[k, 0], sigma * gains[k])[None] for k in range(len(gains))])
+        elif np.ndim(sigma) == 2:
+            if boundary != "valid":
+                raise ValueError("a per-pixel noise map works with boundary 'valid'")
             if np.shape(sigma) != image.shape[:2]:
                 raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
             b, half = model.patch_size, model.patch_size // 2
             rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
             centres = torch.as_tensor(np.asarray(sigma)[half:half + rows, half:half + columns], dtype=dtype)
             levels = centres * torch.as_tensor(gains, dtype=dtype)[:, None, None, None]
-            result = ebpa(model, stack, levels, tile=tile)
+            if method == "ebpa":
+                result = ebpa(model, stack, levels, tile=tile)
+            else:
+                result = torch.cat([hqs(model, stack[k:k + 1], levels[k:k + 1], hqs_schedule(1.0, iterations),
+                                        tile=tile) for k in range(len(gains))])
         else:
             def channel(k: int) -> torch.Tensor:
                 if method == "ebpa":

@@ -39,7 +39,38 @@ def initial_logits(num_components: int, gamma: float = 1.0, alpha: float = 1000.
     return 0.1 * math.sqrt(alpha) / (1 + alpha * means**2)
 
 
-class PatchGMDM(torch.nn.Module):
+class MixtureExperts(torch.nn.Module):
+    """What every GMDM shares: ``J`` experts of ``L`` components with weights ``softmax(logits)`` ``(J, L)``,
+    means ``linspace(-gamma, gamma, L)`` and ``sigma_0 = 2 gamma / (L - 1)``; subclasses give ``filter_norms2``."""
+
+    @property
+    def num_components(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def num_filters(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def sigma0(self) -> float:
+        """Shared component standard deviation ``sigma_0 = 2 gamma / (L - 1)`` (Sec. 4.1)."""
+        return 2 * self.gamma / (self.num_components - 1)
+
+    def expert_variances(self, t, ndim: int = 2) -> torch.Tensor:
+        """``sigma_j^2(t) = sigma_0^2 + 2 t ||k_j||^2`` (Theorem 2).
+
+        ``t`` is a number, a tensor ``(N,)`` (one time per sample) or a tensor broadcastable to
+        ``(N, 1, *spatial)`` (one time per patch). The result broadcasts against responses with
+        ``ndim`` dimensions, filter index in dimension 1.
+        """
+        norms2 = self.filter_norms2().view(-1, *([1] * (ndim - 2)))  # (J, 1, ...)
+        t = torch.as_tensor(t, dtype=self.logits.dtype, device=self.logits.device)
+        if t.dim() == 1:
+            t = t.view(-1, *([1] * (ndim - 1)))
+        return self.sigma0**2 + 2 * t * norms2
+
+
+class PatchGMDM(MixtureExperts):
     """GMDM on ``b x b`` patches (Eq. 5): parameters ``filters`` ``(J, a)`` and ``logits`` ``(J, L)``."""
 
     def __init__(self, filters: torch.Tensor, logits: torch.Tensor, gamma: float = 1.0):
@@ -68,19 +99,6 @@ class PatchGMDM(torch.nn.Module):
         logits = initial_logits(num_components, gamma).expand(pixels - 1, -1)
         return cls(filters.to(dtype), logits.to(dtype), gamma)
 
-    @property
-    def num_components(self) -> int:
-        return self.logits.shape[1]
-
-    @property
-    def num_filters(self) -> int:
-        return self.filters.shape[0]
-
-    @property
-    def sigma0(self) -> float:
-        """Shared component standard deviation ``sigma_0 = 2 gamma / (L - 1)`` (Sec. 4.1)."""
-        return 2 * self.gamma / (self.num_components - 1)
-
     def forward(self, patches: torch.Tensor, t) -> torch.Tensor:
         """Tweedie estimate of noisy patches ``(N, a)`` at times ``t`` (:func:`patch_tweedie`, Eq. 3): the
         map that denoising score matching trains, so that ``DistributedDataParallel`` can wrap the model."""
@@ -91,18 +109,9 @@ class PatchGMDM(torch.nn.Module):
         b = self.patch_size
         return self.filters.view(-1, 1, b, b)
 
-    def expert_variances(self, t, ndim: int = 2) -> torch.Tensor:
-        """``sigma_j^2(t) = sigma_0^2 + 2 t ||k_j||^2`` (Theorem 2).
-
-        ``t`` is a number, a tensor ``(N,)`` (one time per sample) or a tensor broadcastable to
-        ``(N, 1, *spatial)`` (one time per patch). The result broadcasts against responses with
-        ``ndim`` dimensions, filter index in dimension 1.
-        """
-        norms2 = self.filters.pow(2).sum(1).view(-1, *([1] * (ndim - 2)))  # (J, 1, ...)
-        t = torch.as_tensor(t, dtype=self.filters.dtype, device=self.filters.device)
-        if t.dim() == 1:
-            t = t.view(-1, *([1] * (ndim - 1)))
-        return self.sigma0**2 + 2 * t * norms2
+    def filter_norms2(self) -> torch.Tensor:
+        """``||k_j||^2``, ``(J,)``."""
+        return self.filters.pow(2).sum(1)
 
     def log_normaliser(self) -> torch.Tensor:
         """``log Z^{-1} = sum_j log ||k_j||``: Jacobian of ``p -> (<k_j, p>)_j`` on the zero-mean

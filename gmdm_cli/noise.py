@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from .band_model import BandGMDM, band_coefficients
 from .model import PatchGMDM, expert_log_density, image_responses, row_strips, time_from_sigma
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
@@ -37,7 +38,8 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
 
     Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
     """
-    z = image_responses(model, images).detach().movedim(1, 0).reshape(model.filters.shape[0], -1)  # (J, M)
+    with torch.no_grad():
+        z = torch.cat([z.movedim(1, 0).reshape(model.num_filters, -1) for _, _, z in _site_strips(model, images)], 1)
     low, high = z.min(1, keepdim=True).values, z.max(1, keepdim=True).values
     step = (high - low).clamp_min(1e-12) / (bins - 1)
     position = (z - low) / step
@@ -67,11 +69,15 @@ def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512
     Raw argmin, without any calibration; searched on ``[0, SIGMA_MAX]``.
     """
     images = image if image.dim() == 4 else image[None, None]
-    histograms = response_histograms(model, images.to(model.filters.dtype), bins)
+    histograms = response_histograms(model, images.to(model.logits.dtype), bins)
     grid = [SIGMA_MAX * i / (coarse - 1) for i in range(coarse)]
     values = [mean_patch_energy(model, histograms, s) for s in grid]
     best = min(range(coarse), key=values.__getitem__)
-    low, high = grid[max(best - 1, 0)], grid[min(best + 1, coarse - 1)]
+    return _golden_argmin(model, histograms, grid[max(best - 1, 0)], grid[min(best + 1, coarse - 1)], tolerance)
+
+
+def _golden_argmin(model: PatchGMDM, histograms, low: float, high: float, tolerance: float = 1e-4) -> float:
+    """The ``sigma`` in ``[low, high]`` that minimises :func:`mean_patch_energy` (golden-section search)."""
     ratio = (math.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     energy_a, energy_b = mean_patch_energy(model, histograms, a), mean_patch_energy(model, histograms, b)
@@ -113,7 +119,8 @@ def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
                     whole: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean patch energies over ``window x window`` blocks of patch positions (stride ``window // 3``), on the
     levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
-    given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`."""
+    given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`.
+    A band model's blocks are of lattice cells (:func:`site_grid`), ``window`` pixels wide (rounded)."""
     import torch.nn.functional as F
 
     whole = max(estimate_global_sigma(model, image) if whole is None else whole, 2 / 255)
@@ -121,7 +128,7 @@ def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
     levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
     energies = patch_energies(model, image, levels)  # (K, h, w)
-    window = max(1, min(window, *energies.shape[-2:]))
+    window = max(1, min(round(window / site_grid(model, image.shape[-2:])[3]), *energies.shape[-2:]))
     blocks = F.avg_pool2d(energies[None], window, stride=max(1, window // 3))[0].flatten(1)
     return blocks, levels.to(blocks.dtype)
 
@@ -132,21 +139,49 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
                       torch.logspace(math.log10(1 / 255), math.log10(sigma_max), count - 1, dtype=torch.float64)])
 
 
-def patch_energies(model: PatchGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """``-log f(P_i y, sigma_k^2 / 2)`` of every patch at every level, ``(K, H-b+1, W-b+1)`` (tabulated
-    experts, up to the constant ``log Z``), computed in strips of rows (:func:`~gmdm_cli.model.row_strips`)."""
+def patch_energies(model: PatchGMDM | BandGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``-log f(P_i y, sigma_k^2 / 2)`` of every site at every level (tabulated experts, up to the constant
+    ``log Z``): ``(K, H-b+1, W-b+1)`` for a patch model's patches, ``(K, H/M, W/M)`` for a band model's lattice
+    sites (the sum over its modelled bands); sites as :func:`_site_strips` yields them."""
     from .tables import expert_table
 
-    images = (image if image.dim() == 4 else image[None, None]).to(model.filters.dtype)
-    b = model.patch_size
+    images = (image if image.dim() == 4 else image[None, None]).to(model.logits.dtype)
     tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
-    energies = images.new_empty(len(tables), images.shape[-2] - b + 1, images.shape[-1] - b + 1)
+    rows, columns, _, _ = site_grid(model, images.shape[-2:])
+    energies = images.new_empty(len(tables), rows, columns)
     with torch.no_grad():
-        for top, bottom, strip in row_strips(model, images):
-            z = image_responses(model, strip)  # (1, J, rows, w)
+        for top, bottom, z in _site_strips(model, images):
             for level, table in enumerate(tables):
                 energies[level, top:bottom] = table.energy(z).sum(1)[0]
     return energies
+
+
+def site_grid(model: PatchGMDM | BandGMDM, shape) -> tuple[int, int, int, int]:
+    """``(rows, columns, footprint, stride)`` of the sites whose energies :func:`patch_energies` gives for an
+    image of ``shape`` ``(H, W)``: every ``b x b`` patch (stride 1), or a band model's ``M x M`` lattice cells."""
+    height, width = shape
+    if isinstance(model, BandGMDM):
+        m = model.bands
+        if min(height, width) < m:
+            raise ValueError(f"image of {width}x{height} pixels is smaller than the model's {m}x{m} lattice cells")
+        return height // m, width // m, m, m
+    b = model.patch_size
+    if min(height, width) < b:
+        raise ValueError(f"image of {width}x{height} pixels is smaller than the {b}x{b} patches of the model")
+    return height - b + 1, width - b + 1, b, 1
+
+
+def _site_strips(model: PatchGMDM | BandGMDM, images: torch.Tensor):
+    """Yield ``(top, bottom, z)``: the expert inputs ``z`` ``(1, J, rows, w)`` of the sites in rows ``top:bottom``
+    of :func:`site_grid`: a patch model's responses in strips of rows (:func:`~gmdm_cli.model.row_strips`), or
+    a band model's coefficients of its modelled bands, all at once (the image cropped to multiples of ``M``)."""
+    rows, columns, _, _ = site_grid(model, images.shape[-2:])
+    if isinstance(model, BandGMDM):
+        m = model.bands
+        yield 0, rows, band_coefficients(model, images[..., :rows * m, :columns * m])[:, 1:]
+        return
+    for top, bottom, strip in row_strips(model, images):
+        yield top, bottom, image_responses(model, strip)
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -162,29 +197,65 @@ def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.lerp(levels[lower], levels[lower + 1], fraction)
 
 
-def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = 31,
+MAP_WINDOW, MAP_OPENING = 7, 45  # chosen on BSDS400 training images (benchmarks/results/noise-map-tuning.md)
+
+
+def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = MAP_WINDOW, opening: int = MAP_OPENING,
                        levels: torch.Tensor | None = None) -> torch.Tensor:
     """Raw per-pixel noise level ``(H, W)`` (0-1 scale) of a gray image ``(H, W)``.
 
-    The energies of all patches at every candidate level are averaged over a ``window x window``
-    neighbourhood of patches (mirrored at the border) before the argmin, which turns the very noisy
-    per-patch likelihoods into a usable local estimate; each pixel then gets the mean estimate of
-    the patches that cover it.
+    1. The energies of all patches at every candidate level are averaged over a ``window x window``
+       neighbourhood of patches (mirrored at the border); the argmin over the levels is a local estimate.
+       Texture raises it (it is "explained" as noise); it never lowers it much.
+    2. A gray-scale *opening* over ``opening x opening`` patch positions (a minimum filter, then a maximum
+       filter of the same size) removes every raised spot narrower than the opening, while a region of higher
+       noise at least that wide keeps its level and its edges (a box average would blur a step over its
+       whole width). The minimum biases the result low by a factor that does not depend on the image much;
+       the model's ``"map"`` calibration (:func:`calibrate_noise`) removes it.
+    3. Each pixel gets the mean estimate of the patches that cover it.
+
+    ``opening=1`` skips step 2; ``window=1, opening=1`` is the raw per-patch argmin. A band model's sites are its
+    ``M x M`` lattice cells (:func:`site_grid`); ``window`` and ``opening`` count pixels, rounded to cells.
+    ``levels``: the candidate levels, by default :func:`map_levels`.
     """
+    levels = map_levels(model, image) if levels is None else levels
+    return map_from_energies(model, patch_energies(model, image, levels), levels, image.shape[-2:], window, opening)
+
+
+def map_levels(model: PatchGMDM | BandGMDM, image: torch.Tensor) -> torch.Tensor:
+    """The levels of :func:`sigma_levels` from a tenth of the image's raw flat estimate (:func:`estimate_flat_sigma`,
+    the level of its least noisy regions) up, one more below: lower levels cannot be any pixel's argmin, and
+    they are the slow ones (their narrow expert tables leave most responses of a noisy image to the exact
+    mixtures)."""
+    ladder = sigma_levels()
+    lowest = int(torch.nonzero(ladder >= 0.1 * estimate_flat_sigma(model, image))[0, 0])
+    return ladder[max(lowest - 1, 0):]
+
+
+def map_from_energies(model: PatchGMDM | BandGMDM, energies: torch.Tensor, levels: torch.Tensor, shape,
+                      window: int = MAP_WINDOW, opening: int = MAP_OPENING) -> torch.Tensor:
+    """Steps 1-3 of :func:`estimate_sigma_map` from the site energies ``(K, h, w)`` of :func:`patch_energies` at
+    ``levels``, for an image of ``shape`` ``(H, W)`` (several settings from one set of energies)."""
     import torch.nn.functional as F
 
-    levels = sigma_levels() if levels is None else levels
-    energies = patch_energies(model, image, levels)  # (K, h, w)
+    _, _, footprint, stride = site_grid(model, shape)
+    window, opening = max(1, round(window / stride)), max(1, round(opening / stride))  # in sites
     pad = min(window // 2, energies.shape[-1] - 1, energies.shape[-2] - 1)
     if pad > 0:
         padded = F.pad(energies[None], (pad,) * 4, mode="reflect")  # a box filter is separable: rows, then columns
         energies = F.avg_pool2d(F.avg_pool2d(padded, (2 * pad + 1, 1), stride=1), (1, 2 * pad + 1), stride=1)[0]
-    per_patch = _argmin_refined(energies, levels.to(energies.dtype))  # (h, w)
-    b = model.patch_size
-    ones = per_patch.new_ones(1, 1, b, b)
-    summed = F.conv_transpose2d(per_patch[None, None], ones)
-    counts = F.conv_transpose2d(torch.ones_like(per_patch)[None, None], ones)
-    return (summed / counts)[0, 0]
+    per_patch = _argmin_refined(energies, levels.to(energies.dtype))[None, None]  # (1, 1, h, w)
+    half = opening // 2
+    if half > 0:  # square minimum and maximum filters, each as rows then columns
+        size = 2 * half + 1
+        maximum = lambda x: F.max_pool2d(F.max_pool2d(x, (size, 1), stride=1), (1, size), stride=1)
+        eroded = -maximum(-F.pad(per_patch, (half,) * 4, mode="replicate"))
+        per_patch = maximum(F.pad(eroded, (half,) * 4, mode="replicate"))
+    ones = per_patch.new_ones(1, 1, footprint, footprint)
+    summed = F.conv_transpose2d(per_patch, ones, stride=stride)
+    pixels = summed / F.conv_transpose2d(torch.ones_like(per_patch), ones, stride=stride)
+    height, width = shape  # a band model's lattice may leave a margin of < M pixels: extend the edge
+    return F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]), mode="replicate")[0, 0]
 
 
 def apply_calibration(sigma, calibration: dict | None):
@@ -227,37 +298,46 @@ def raw_global_sigma(model: PatchGMDM, image: torch.Tensor, estimator: str = "fl
 
 
 def calibration_for(model: PatchGMDM, estimator: str) -> dict | None:
-    """The checkpoint's calibration of ``estimator``, if it has one (one per estimator, by name; a single
-    curve, as written before there were several estimators, is the ``"mean-energy"`` one)."""
+    """The checkpoint's calibration of ``estimator`` (of :data:`CALIBRATED`), if it has one (one per estimator,
+    by name; a single curve, as written before there were several estimators, is the ``"mean-energy"`` one)."""
     calibration = model.metadata.get("noise_calibration") or {}
     if "raw" in calibration:
         return calibration if estimator == "mean-energy" else None
     return calibration.get(estimator)
 
 
-def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = 31, estimator: str = "flat"):
+def map_calibration(model: PatchGMDM, window: int = MAP_WINDOW, opening: int = MAP_OPENING) -> dict | None:
+    """The checkpoint's ``"map"`` calibration if it was measured with this ``window`` and ``opening``."""
+    calibration = calibration_for(model, "map")
+    if calibration and (calibration.get("window"), calibration.get("opening")) == (window, opening):
+        return calibration
+    return None
+
+
+def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = MAP_WINDOW,
+                   opening: int = MAP_OPENING, estimator: str = "flat"):
     """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
 
     ``estimator``: ``"flat"`` (:func:`estimate_flat_sigma`, the default) or ``"mean-energy"`` (the paper's
     whole-image argmin, :func:`estimate_global_sigma`). Colour images are measured on their intensity
     ``(R + G + B) / 3`` (the first opponent channel of :mod:`gmdm_cli.colour`, noise level ``sigma / sqrt(3)``
     for independent noise of level ``sigma`` in every channel) and reported per RGB channel. Estimates go
-    through the model's calibration of that estimator when its checkpoint carries one; the map uses the
-    ``"mean-energy"`` calibration (it is the same argmin on pooled energies).
+    through the model's calibration of that estimator when its checkpoint carries one; the map
+    (:func:`estimate_noise_map`, ``window`` and ``opening``) through its ``"map"`` calibration.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
     tensor, gain = _intensity(model, image)
     sigma = apply_calibration(raw_global_sigma(model, tensor, estimator), calibration_for(model, estimator)) / gain
-    return sigma, estimate_noise_map(model, image, window) if noise_map else None
+    return sigma, estimate_noise_map(model, image, window, opening) if noise_map else None
 
 
-def estimate_noise_map(model: PatchGMDM, image, window: int = 31):
+def estimate_noise_map(model: PatchGMDM, image, window: int = MAP_WINDOW, opening: int = MAP_OPENING):
     """Per-pixel noise level ``(H, W)`` of a numpy image on the [0, 1] scale (colour: per RGB channel, as
-    :func:`estimate_noise`), through the model's ``"mean-energy"`` calibration when it has one."""
+    :func:`estimate_noise`), through :func:`map_calibration` when the model has one for these settings."""
     tensor, gain = _intensity(model, image)
-    raw_map = estimate_sigma_map(model, tensor, window).double().cpu().numpy()
-    return apply_calibration(raw_map, calibration_for(model, "mean-energy")) / gain
+    raw_map = estimate_sigma_map(model, tensor, window, opening).double().cpu().numpy()
+    return apply_calibration(raw_map, map_calibration(model, window, opening)) / gain
 
 
 def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
@@ -269,27 +349,37 @@ def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
     image = np.asarray(image, dtype=np.float64)
     gray = image if image.ndim == 2 else to_channels(image[..., :3], "opponent")[..., 0]
     gain = 1.0 if image.ndim == 2 else float(noise_gains("opponent")[0])
-    return torch.as_tensor(gray, dtype=model.filters.dtype, device=model.filters.device), gain
+    return torch.as_tensor(gray, dtype=model.logits.dtype, device=model.logits.device), gain
 
 
 CALIBRATION_LEVELS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 100)  # 0-255 scale
+CALIBRATED = ESTIMATORS + ("map",)
 
 
 def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
-                    estimators=ESTIMATORS) -> dict:
-    """Measure the raw global estimators on clean gray ``images`` (numpy, [0, 1]) with synthetic noise
-    of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}`` (0-1 scale) for
-    :func:`apply_calibration`: the mean raw estimate at each true level, made strictly increasing."""
+                    estimators=CALIBRATED) -> dict:
+    """Measure the raw estimators (global ones of :data:`ESTIMATORS`, and ``"map"``: the median of
+    :func:`estimate_sigma_map` with its default window and opening) on clean gray ``images`` (numpy, [0, 1])
+    with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
+    (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
+    increasing."""
     import numpy as np
 
+    unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
+    if unknown:
+        raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
     rng = np.random.default_rng(seed)
+    global_ones = [estimator for estimator in estimators if estimator != "map"]
     raw = {estimator: [] for estimator in estimators}
     for sigma in sigmas:
         estimates = {estimator: [] for estimator in estimators}
         for image in images:
             noisy = image + sigma / 255 * rng.standard_normal(image.shape)
-            tensor = torch.as_tensor(noisy, dtype=model.filters.dtype, device=model.filters.device)
-            for estimator, value in raw_global_sigmas(model, tensor, estimators).items():
+            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
+            found = raw_global_sigmas(model, tensor, global_ones) if global_ones else {}
+            if "map" in estimators:
+                found["map"] = float(estimate_sigma_map(model, tensor).median())
+            for estimator, value in found.items():
                 estimates[estimator].append(value)
         for estimator in estimators:
             raw[estimator].append(float(np.mean(estimates[estimator])))
@@ -298,4 +388,6 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
         means = np.maximum.accumulate(np.asarray(means)) + 1e-9 * np.arange(len(means))
         result[estimator] = {"raw": [float(r) for r in means], "true": [s / 255 for s in sigmas],
                              "images": len(images), "seed": seed}
+        if estimator == "map":
+            result[estimator].update(window=MAP_WINDOW, opening=MAP_OPENING)
     return result

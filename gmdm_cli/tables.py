@@ -33,9 +33,9 @@ class ExpertTable:
 
     def __init__(self, model: PatchGMDM, t: float, resolution: float = 0.02, margin: float = 10.0,
                  exact_resolution: float = 0.1):
-        dtype = model.filters.dtype
+        dtype = model.logits.dtype
         self.t = float(t)
-        self.variances64 = model.sigma0**2 + 2 * self.t * model.filters.detach().double().pow(2).sum(1)  # (J,)
+        self.variances64 = model.sigma0**2 + 2 * self.t * model.filter_norms2().detach().double()  # (J,)
         self.log_weights = torch.log_softmax(model.logits.detach().double(), dim=1)  # (J, L)
         self.means = model.means.double()
         std = self.variances64.sqrt()
@@ -123,8 +123,8 @@ def expert_table(model: PatchGMDM, t: float) -> ExpertTable:
     """The :class:`ExpertTable` of ``model`` at time ``t``, built once and kept for the most recent
     ``_CACHE_SIZE`` times of each model; any change to the model's parameters (in place or replaced,
     dtype or device) builds new tables."""
-    key = (float(t), model.filters.dtype, model.filters.device, model.filters.data_ptr(), model.filters._version,
-           model.logits.data_ptr(), model.logits._version)
+    key = (float(t), model.logits.dtype, model.logits.device, model.logits.data_ptr(), model.logits._version,
+           *((model.filters.data_ptr(), model.filters._version) if isinstance(model, PatchGMDM) else ()))
     tables = _cache.setdefault(model, OrderedDict())
     if key in tables:
         tables.move_to_end(key)

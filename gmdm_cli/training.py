@@ -7,6 +7,9 @@ writes it: the norm of each patch's residual, not its square; ``loss="squared"``
 squared form, per pixel). The optimiser is Adam on ``(filters, logits)``; after every update the
 filters are put back on the constraint set by Algorithm 1 (zero mean, pairwise orthogonal).
 
+The band model (``model_type="conv"``, :mod:`gmdm_cli.band_model`) trains the same way on random square
+crops of ``patch_size`` pixels (a multiple of its ``bands``): only its expert weights are learnt.
+
 Under ``torchrun --nproc_per_node=N`` the batch is split over N processes (gloo on CPU, nccl on CUDA) and
 ``DistributedDataParallel`` averages the gradients: every process draws the same global batch from the same
 random stream and trains on its ``B / N`` rows, so the run follows the one-process run up to the order of
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .band_model import BandGMDM
 from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, to_gray
 from .model import PatchGMDM, time_from_sigma
 from .projection import orthogonal_projection
@@ -135,6 +139,8 @@ class TrainingConfig:
     projection_steps: int = 3
     seed: int = 0
     loss: str = "norm"
+    model_type: str = "patch"  # "conv": the band model of gmdm_cli.band_model, trained on patch_size crops
+    bands: int = 8
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -178,7 +184,11 @@ class Trainer:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
-        if model is None:
+        if model is None and config.model_type == "conv":
+            if config.patch_size % config.bands:
+                raise TrainingSetupError(f"crops of {config.patch_size} pixels do not split into {config.bands} bands")
+            model = BandGMDM.initial(config.bands)
+        elif model is None:
             init_generator = torch.Generator().manual_seed(config.seed)
             model = PatchGMDM.initial(config.patch_size, generator=init_generator)
             with torch.no_grad():
@@ -206,8 +216,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients over the processes here
         self.optimizer.step()
-        with torch.no_grad():
-            self.model.filters.copy_(orthogonal_projection(self.model.filters, config.projection_steps))
+        if isinstance(self.model, PatchGMDM):
+            with torch.no_grad():
+                self.model.filters.copy_(orthogonal_projection(self.model.filters, config.projection_steps))
         self.step += 1
         if self.world_size > 1:
             import torch.distributed as dist
@@ -260,6 +271,8 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         if "training" not in previous:
             raise CheckpointError(f"{output}: checkpoint has no training state to resume from")
         saved = previous["training"]["config"]
+        if saved.get("model_type", "patch") != config.model_type:
+            raise CheckpointError(f"{output}: is a {saved.get('model_type', 'patch')} model, not {config.model_type}")
         if saved["patch_size"] != config.patch_size:
             raise CheckpointError(f"{output}: was trained with --patch-size {saved['patch_size']}, "
                                   f"not {config.patch_size}")
@@ -273,7 +286,12 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     if previous is not None:
         origin = previous["metadata"].get("initialised_from")
     elif initial is not None:
-        if initial["metadata"]["patch_size"] != config.patch_size:
+        kind = "conv" if "bands" in initial["metadata"] else "patch"
+        if kind != config.model_type:
+            raise CheckpointError(f"{initial_name}: is a {kind} model, not {config.model_type}")
+        if kind == "conv":
+            config.bands = initial["metadata"]["bands"]
+        elif initial["metadata"]["patch_size"] != config.patch_size:
             raise CheckpointError(f"{initial_name}: has {initial['metadata']['patch_size']}-pixel patches, "
                                   f"not {config.patch_size}")
         origin = f"{initial_name} ({initial['metadata'].get('steps', '?')} steps)"
@@ -296,6 +314,8 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         "seed": config.seed,
         "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
     }
+    if config.model_type == "conv":
+        metadata["crop_size"] = config.patch_size
     if origin is not None:
         metadata["initialised_from"] = origin
     recent: list[float] = []

@@ -195,8 +195,12 @@ def test_blind_denoising_and_known_noise_maps(tmp_path, camera):
     result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "known.npy"),
                                  "--sigma-map", str(tmp_path / "truth.npy")])
     assert result.exit_code == 0, result.output
-    for name in ("blind.npy", "known.npy"):
+    result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "blind-hqs.npy"),
+                                 "--blind", "--method", "hqs"])
+    assert result.exit_code == 0, result.output
+    for name in ("blind.npy", "known.npy", "blind-hqs.npy"):
         assert _psnr(np.load(tmp_path / name), camera) > _psnr(noisy, camera) + 4
+    assert _psnr(np.load(tmp_path / "blind-hqs.npy"), camera) > _psnr(np.load(tmp_path / "blind.npy"), camera)
     bad = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "x.npy"),
                               "--sigma", "10", "--blind"])
     assert bad.exit_code == 2

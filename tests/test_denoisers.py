@@ -88,3 +88,25 @@ def test_hqs_beats_ebpa_and_improves_monotonically(camera):
         values = [psnr(hqs(model, noisy, sigma, schedule[:k]).numpy(), camera) for k in range(1, len(schedule) + 1)]
     assert values[-1] > baseline + 0.2
     assert all(b > a - 0.02 for a, b in zip(values, values[1:]))  # never diverges along the schedule
+
+
+def test_hqs_with_a_constant_noise_map_equals_hqs_with_one_sigma():
+    from gmdm_cli.denoisers import hqs
+
+    model = random_model(patch_size=3, seed=20)
+    image = torch.rand(1, 1, 9, 8, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    sigma_map = torch.full((1, 1, 7, 6), 0.07, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(hqs(model, image, sigma_map), hqs(model, image, 0.07, exact=True), atol=1e-12)
+
+
+def test_hqs_with_a_noise_map_beats_ebpa_with_it(camera):
+    from gmdm_cli.checkpoint import load_model
+    from gmdm_cli.denoisers import psnr
+
+    model = load_model("7x7")
+    truth = np.where(np.arange(camera.shape[1])[None, :] < 48, 10 / 255, 40 / 255) * np.ones_like(camera)
+    noisy = camera + truth * np.random.default_rng(22).standard_normal(camera.shape)
+    ebpa_psnr = psnr(denoise_array(model, noisy, truth), camera)
+    hqs_psnr = psnr(denoise_array(model, noisy, truth, "hqs"), camera)
+    assert hqs_psnr > ebpa_psnr + 0.2, (hqs_psnr, ebpa_psnr)

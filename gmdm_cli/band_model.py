@@ -1,0 +1,172 @@
+"""The band GMDM: the convolutional model of Sec. 3.2, made exact by critical sampling.
+
+Sec. 3.2 puts 1-D experts on every pixel of ``J`` convolution responses ``K_j x`` whose spectra have disjoint
+supports ``Gamma_j`` with constant magnitude (Eqs. 16-17). Its density does not diffuse as Theorem 3 says
+(``benchmarks/conv_theorem3_check.py``): response ``j`` has only ``|Gamma_j|`` degrees of freedom, yet ``n``
+experts are multiplied as if its ``n`` pixels were independent. Keeping the filters of (16)-(17) but
+sampling each response critically, on ``|Gamma_j|`` points, makes the analysis an orthonormal transform, and
+then Theorem 2's argument holds for the whole image:
+
+* along an axis of ``N = M n`` samples, the orthonormal DCT-II ``C_N`` (symmetric boundary, no wrap-around)
+  has ``N`` frequencies; band ``m`` is ``n`` consecutive ones (an ideal pass band: disjoint supports, magnitude
+  1 on them, Eqs. 16-17), brought back to ``n`` positions by the inverse DCT of size ``n``:
+  ``A = diag(C_n^T, ..., C_n^T) C_N`` is orthonormal, and row ``m n + k`` of it is band ``m``'s filter at the
+  ``k``-th point of the subsampled lattice;
+* in 2-D the transform is separable, ``c = A_H x A_W^T``, with ``M^2`` bands of ``n_H x n_W`` coefficients;
+  band ``(0, 0)`` holds the image's mean and coarse content and is not modelled (a flat factor, as the patch
+  model leaves patch means alone); the other ``J = M^2 - 1`` bands have experts
+  ``psi_j(c, t) = sum_l w_jl N(c; mu_l, sigma_0^2 + 2t)`` on every coefficient (Eq. 6, ``||k_j|| = 1``).
+
+So ``f(x, t) = prod_j prod_k psi_j(c_jk(x), t)`` solves the diffusion equation exactly (Theorem 2) and is
+normalised on the modelled subspace. Its score and Tweedie's estimate are one transform, the experts' scores
+and the inverse transform; denoising averages Tweedie's estimates over the ``M^2`` shifts of the lattice
+(cycle spinning), as EB-PA averages over the patches covering a pixel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .model import MixtureExperts, expert_log_density, expert_score, initial_logits, time_from_sigma
+
+
+class BandGMDM(MixtureExperts):
+    """GMDM on the ``M x M`` DCT bands of an image: parameter ``logits`` ``(M^2 - 1, L)``."""
+
+    def __init__(self, bands: int, logits: torch.Tensor, gamma: float = 1.0):
+        super().__init__()
+        if bands < 2:
+            raise ValueError("the band model needs at least 2 bands per axis")
+        if logits.shape[0] != bands**2 - 1:
+            raise ValueError(f"{bands} x {bands} bands take {bands**2 - 1} rows of logits, not {logits.shape[0]}")
+        self.bands = bands
+        self.gamma = float(gamma)
+        self.logits = torch.nn.Parameter(logits.clone())
+        self.register_buffer("means", torch.linspace(-gamma, gamma, logits.shape[1], dtype=logits.dtype))
+        self.metadata: dict = {}
+
+    @classmethod
+    def initial(cls, bands: int = 8, num_components: int = 125, gamma: float = 1.0,
+                dtype=torch.float32) -> "BandGMDM":
+        """Sec. 4.1's peaked initial weights for every band."""
+        return cls(bands, initial_logits(num_components, gamma).expand(bands**2 - 1, -1).to(dtype), gamma)
+
+    def forward(self, crops: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie's estimate (:func:`band_tweedie`) of square crops given as rows ``(N, s*s)``, the form in
+        which :func:`gmdm_cli.training.dsm_loss` trains every model."""
+        size = math.isqrt(crops.shape[1])
+        return band_tweedie(self, crops.view(-1, 1, size, size), t).view(crops.shape)
+
+    def filter_norms2(self) -> torch.Tensor:
+        """``||k_j||^2 = 1``: the band filters are rows of an orthonormal matrix."""
+        return self.logits.new_ones(self.num_filters)
+
+    def log_normaliser(self) -> torch.Tensor:
+        """0: the transform is orthonormal (compare :meth:`gmdm_cli.model.PatchGMDM.log_normaliser`)."""
+        return self.logits.new_zeros(())
+
+
+@functools.lru_cache(maxsize=16)
+def band_matrix(size: int, bands: int, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
+    """The orthonormal ``size x size`` analysis matrix ``A = diag(C_n^T, ..., C_n^T) C_size`` (``n = size /
+    bands``): rows ``m n ... (m + 1) n - 1`` are band ``m``'s filters on its lattice."""
+    if size % bands:
+        raise ValueError(f"{size} samples do not split into {bands} bands")
+    n = size // bands
+    blocks = torch.block_diag(*[_dct_matrix(n).T] * bands)
+    return (blocks @ _dct_matrix(size)).to(dtype=dtype, device=device)
+
+
+def _dct_matrix(size: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix, float64: ``C[k, i] = s_k cos(pi (i + 1/2) k / size)``."""
+    k = torch.arange(size, dtype=torch.float64)[:, None]
+    i = torch.arange(size, dtype=torch.float64)[None]
+    matrix = torch.cos(math.pi * (i + 0.5) * k / size) * math.sqrt(2 / size)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def _matrices(model: BandGMDM, images: torch.Tensor):
+    height, width = images.shape[-2:]
+    device = str(images.device)
+    return (band_matrix(height, model.bands, images.dtype, device),
+            band_matrix(width, model.bands, images.dtype, device))
+
+
+def band_coefficients(model: BandGMDM, images: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W) -> (N, M^2, H/M, W/M)``: the coefficients of every band, band ``(m1, m2)`` at index
+    ``m1 M + m2`` (``H`` and ``W`` multiples of ``M``)."""
+    rows, columns = _matrices(model, images)
+    c = rows @ images[:, 0] @ columns.T  # (N, H, W)
+    m = model.bands
+    n, height, width = c.shape
+    return c.view(n, m, height // m, m, width // m).permute(0, 1, 3, 2, 4).reshape(n, m * m, height // m, width // m)
+
+
+def band_image(model: BandGMDM, coefficients: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`band_coefficients`, ``(N, M^2, h, w) -> (N, 1, M h, M w)``."""
+    m = model.bands
+    n, _, h, w = coefficients.shape
+    c = coefficients.view(n, m, m, h, w).permute(0, 1, 3, 2, 4).reshape(n, m * h, m * w)
+    rows = band_matrix(m * h, m, coefficients.dtype, str(coefficients.device))
+    columns = band_matrix(m * w, m, coefficients.dtype, str(coefficients.device))
+    return (rows.T @ c @ columns)[:, None]
+
+
+def band_energy(model: BandGMDM, images: torch.Tensor, t) -> torch.Tensor:
+    """``-log f(x, t) = -sum_j sum_k log psi_j(c_jk(x), t)`` per image ``(N,)`` (the unmodelled band
+    ``(0, 0)`` contributes nothing)."""
+    c = band_coefficients(model, images)[:, 1:]
+    return -expert_log_density(model, c, t).sum((1, 2, 3))
+
+
+def band_score(model: BandGMDM, images: torch.Tensor, t, exact: bool = True) -> torch.Tensor:
+    """``grad_x log f(x, t) = A^T psi'/psi(A x, t)`` (0 in band ``(0, 0)``), shaped like ``images``; with
+    ``exact=False`` and one ``t`` the experts are read from their :class:`~gmdm_cli.tables.ExpertTable`."""
+    from .tables import expert_table
+
+    c = band_coefficients(model, images)
+    if exact or torch.as_tensor(t).dim() > 0:
+        scores = expert_score(model, c[:, 1:], t)
+    else:
+        scores = expert_table(model, float(t)).score(c[:, 1:])
+    return band_image(model, torch.cat([torch.zeros_like(c[:, :1]), scores], 1))
+
+
+def band_tweedie(model: BandGMDM, images: torch.Tensor, t, exact: bool = True) -> torch.Tensor:
+    """Tweedie's estimate ``x + 2t grad log f(x, t)`` (Eq. 3) of whole images; ``t`` a number or ``(N,)``."""
+    t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
+    scale = 2 * (t.view(-1, 1, 1, 1) if t.dim() == 1 else t)
+    return images + scale * band_score(model, images, t, exact)
+
+
+def band_denoise(model: BandGMDM, noisy: torch.Tensor, sigma: float, exact: bool = False) -> torch.Tensor:
+    """Tweedie's estimate at ``t = sigma^2 / 2`` averaged over the ``M^2`` shifts of the band lattice (cycle
+    spinning), for a gray image ``(H, W)`` of any size: it is mirrored to a multiple of ``M`` plus a margin
+    of ``M`` on every side, each shift denoises a window of it, and the windows' estimates of the image
+    are averaged. Tabulated experts unless ``exact``. Returns ``(H, W)``, not clipped."""
+    m = model.bands
+    height, width = noisy.shape
+    inner_h, inner_w = -(-height // m) * m + m, -(-width // m) * m + m
+    padded = _mirror(noisy[None, None], m, inner_h - height, m, inner_w - width)
+    windows = torch.cat([padded[..., a:a + inner_h, b:b + inner_w] for a in range(m) for b in range(m)])
+    estimates = band_tweedie(model, windows, time_from_sigma(sigma), exact)
+    total = torch.zeros_like(noisy)
+    for index, (a, b) in enumerate((a, b) for a in range(m) for b in range(m)):
+        total += estimates[index, 0, m - a:m - a + height, m - b:m - b + width]
+    return total / m**2
+
+
+def _mirror(images: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Symmetric (whole-sample) mirroring, repeated as often as a small image needs."""
+    while top or bottom or left or right:
+        height, width = images.shape[-2:]
+        step = [min(value, size - 1) for value, size in ((left, width), (right, width), (top, height),
+                                                          (bottom, height))]
+        images = F.pad(images, step, mode="reflect")
+        left, right, top, bottom = (value - s for value, s in zip((left, right, top, bottom), step))
+    return images
