@@ -94,7 +94,7 @@ def heteroscedastic(model, images, seed, show):
                 return apply_calibration(map_from_energies(model, energies, levels, noisy.shape, window, opening)
                                          .double().numpy(), calibration)
 
-            estimated = pixel_map(MAP_WINDOW, MAP_OPENING, map_calibration(model))  # = estimate_noise_map(model, noisy)
+            estimated = pixel_map(MAP_WINDOW, MAP_OPENING, map_calibration(model))  # estimate_noise_map, on all levels
             maps = {"map": estimated, "box": pixel_map(31, 1, calibration_for(model, "mean-energy")),
                     "raw": pixel_map(1, 1, calibration_for(model, "mean-energy"))}
             rms = float(np.sqrt(np.mean(truth**2)))
