@@ -222,13 +222,14 @@ def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = MAP_
     return map_from_energies(model, patch_energies(model, image, levels), levels, image.shape[-2:], window, opening)
 
 
-def map_levels(model: PatchGMDM | BandGMDM, image: torch.Tensor) -> torch.Tensor:
+def map_levels(model: PatchGMDM | BandGMDM, image: torch.Tensor, flat: float | None = None) -> torch.Tensor:
     """The levels of :func:`sigma_levels` from a tenth of the image's raw flat estimate (:func:`estimate_flat_sigma`,
-    the level of its least noisy regions) up, one more below: lower levels cannot be any pixel's argmin, and
-    they are the slow ones (their narrow expert tables leave most responses of a noisy image to the exact
-    mixtures)."""
+    the level of its least noisy regions; ``flat`` when already known) up, one more below: lower levels cannot be
+    any pixel's argmin, and they are the slow ones (their narrow expert tables leave most responses of a noisy
+    image to the exact mixtures)."""
     ladder = sigma_levels()
-    lowest = int(torch.nonzero(ladder >= 0.1 * estimate_flat_sigma(model, image))[0, 0])
+    flat = estimate_flat_sigma(model, image) if flat is None else flat
+    lowest = int(torch.nonzero(ladder >= 0.1 * flat)[0, 0])
     return ladder[max(lowest - 1, 0):]
 
 
@@ -328,15 +329,21 @@ def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
     tensor, gain = _intensity(model, image)
-    sigma = apply_calibration(raw_global_sigma(model, tensor, estimator), calibration_for(model, estimator)) / gain
-    return sigma, estimate_noise_map(model, image, window, opening) if noise_map else None
+    raw = raw_global_sigma(model, tensor, estimator)
+    sigma = apply_calibration(raw, calibration_for(model, estimator)) / gain
+    if not noise_map:
+        return sigma, None
+    return sigma, estimate_noise_map(model, image, window, opening, raw if estimator == "flat" else None)
 
 
-def estimate_noise_map(model: PatchGMDM, image, window: int = MAP_WINDOW, opening: int = MAP_OPENING):
+def estimate_noise_map(model: PatchGMDM, image, window: int = MAP_WINDOW, opening: int = MAP_OPENING,
+                       flat: float | None = None):
     """Per-pixel noise level ``(H, W)`` of a numpy image on the [0, 1] scale (colour: per RGB channel, as
-    :func:`estimate_noise`), through :func:`map_calibration` when the model has one for these settings."""
+    :func:`estimate_noise`), through :func:`map_calibration` when the model has one for these settings.
+    ``flat``: the raw flat estimate of the image's intensity, when already known (:func:`map_levels`)."""
     tensor, gain = _intensity(model, image)
-    raw_map = estimate_sigma_map(model, tensor, window, opening).double().cpu().numpy()
+    levels = map_levels(model, tensor, flat)
+    raw_map = estimate_sigma_map(model, tensor, window, opening, levels).double().cpu().numpy()
     return apply_calibration(raw_map, map_calibration(model, window, opening)) / gain
 
 
