@@ -90,17 +90,15 @@ def _dct_matrix(size: int) -> torch.Tensor:
     return matrix
 
 
-def _matrices(model: BandGMDM, images: torch.Tensor):
-    height, width = images.shape[-2:]
-    device = str(images.device)
-    return (band_matrix(height, model.bands, images.dtype, device),
-            band_matrix(width, model.bands, images.dtype, device))
+def _matrices(model: BandGMDM, height: int, width: int, like: torch.Tensor):
+    """The analysis matrices of the rows and of the columns, in ``like``'s dtype and on its device."""
+    return tuple(band_matrix(size, model.bands, like.dtype, str(like.device)) for size in (height, width))
 
 
 def band_coefficients(model: BandGMDM, images: torch.Tensor) -> torch.Tensor:
     """``(N, 1, H, W) -> (N, M^2, H/M, W/M)``: the coefficients of every band, band ``(m1, m2)`` at index
     ``m1 M + m2`` (``H`` and ``W`` multiples of ``M``)."""
-    rows, columns = _matrices(model, images)
+    rows, columns = _matrices(model, *images.shape[-2:], images)
     c = rows @ images[:, 0] @ columns.T  # (N, H, W)
     m = model.bands
     n, height, width = c.shape
@@ -112,8 +110,7 @@ def band_image(model: BandGMDM, coefficients: torch.Tensor) -> torch.Tensor:
     m = model.bands
     n, _, h, w = coefficients.shape
     c = coefficients.view(n, m, m, h, w).permute(0, 1, 3, 2, 4).reshape(n, m * h, m * w)
-    rows = band_matrix(m * h, m, coefficients.dtype, str(coefficients.device))
-    columns = band_matrix(m * w, m, coefficients.dtype, str(coefficients.device))
+    rows, columns = _matrices(model, m * h, m * w, coefficients)
     return (rows.T @ c @ columns)[:, None]
 
 

@@ -163,12 +163,20 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | No
         relative = hqs_schedule(1.0) if schedule is None else schedule
     weight = HQS_DATA_WEIGHT if data_weight is None else data_weight
     variance = float(sigma) ** 2 if sigma.dim() == 0 else sigma**2
-    counts = patch_counts(model, batch)
-    x = batch
-    for r in relative:
-        ratio = 2 * weight * r  # lambda / beta
-        x = (ratio * batch + counts * (x + tweedie_average(model, x, r * variance, exact, tile))) / (ratio + counts)
+    estimate = lambda x, r: x + tweedie_average(model, x, r * variance, exact, tile)
+    x = _hqs_iterations(batch, relative, weight, patch_counts(model, batch), estimate)
     return x[..., rows, columns].reshape(noisy.shape)
+
+
+def _hqs_iterations(noisy: torch.Tensor, relative: list[float], data_weight: float, counts, estimate) -> torch.Tensor:
+    """The HQS pixel updates ``x = (lambda y + beta C estimate(x, r)) / (lambda + beta C)`` for the times
+    ``r sigma^2`` of ``relative`` (``lambda / beta = 2 data_weight r``); ``estimate(x, r)`` is the prior's
+    Tweedie estimate of ``x`` at that time, ``C`` how often the prior counts each pixel."""
+    x = noisy
+    for r in relative:
+        ratio = 2 * data_weight * r  # lambda / beta
+        x = (ratio * noisy + counts * estimate(x, r)) / (ratio + counts)
+    return x
 
 
 def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma: float, iterations: int = HQS_ITERATIONS,
@@ -177,12 +185,9 @@ def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma: float, iterations: int
     counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
     beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) and
     the same schedule and data weight as the patch models."""
-    counts = model.bands**2
-    x = noisy
-    for t in hqs_schedule(sigma, iterations):
-        ratio = 2 * data_weight * t / sigma**2  # lambda / beta
-        x = (ratio * noisy + counts * band_denoise(model, x, (2 * t) ** 0.5)) / (ratio + counts)
-    return x
+    relative = hqs_schedule(1.0, iterations)  # times per sigma^2
+    return _hqs_iterations(noisy, relative, data_weight, model.bands**2,
+                           lambda x, r: band_denoise(model, x, (2 * r) ** 0.5 * sigma))
 
 
 METHODS = ("ebpa", "hqs")
