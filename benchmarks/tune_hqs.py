@@ -2,7 +2,8 @@
 
 For every combination of iterations, first and last t (as fractions of sigma^2/2) and data weight
 (lambda = data_weight / sigma^2), prints the mean PSNR gain of HQS over EB-PA on centre crops of a fixed
-subset of the training images, per noise level and on average.
+subset of the training images, per noise level and on average. For the band (conv) model the baseline is its
+cycle-spun Tweedie estimate (``band_denoise``) and HQS is ``band_hqs``.
 
     python benchmarks/tune_hqs.py --model 7x7 --images 8 --crop 128
 """
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.denoisers import ebpa, hqs, hqs_schedule, psnr
+from gmdm_cli.band_model import BandGMDM, band_denoise
+from gmdm_cli.denoisers import band_hqs, ebpa, hqs, hqs_schedule, psnr
 from gmdm_cli.image_io import read_image
 from gmdm_cli.training import find_images
 
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model = load_model(args.model, device=args.device)
+    baseline_method, hqs_method = (band_denoise, band_hqs) if isinstance(model, BandGMDM) else (ebpa, hqs)
     paths = find_images([args.data])
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
     images = []
@@ -55,13 +58,13 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     for column, sigma in enumerate(sigmas):
         rng = np.random.default_rng(1000)  # training-image noise, independent of the test protocol's seeds
-        noisy = [torch.tensor(x + sigma * rng.standard_normal(x.shape), dtype=model.filters.dtype,
+        noisy = [torch.tensor(x + sigma * rng.standard_normal(x.shape), dtype=model.logits.dtype,
                               device=args.device) for x in images]
         with torch.no_grad():
-            baseline = [psnr(ebpa(model, y, sigma).cpu().numpy(), x) for x, y in zip(images, noisy)]
+            baseline = [psnr(baseline_method(model, y, sigma).cpu().numpy(), x) for x, y in zip(images, noisy)]
             for row, (iterations, start, end, weight) in enumerate(grid):
                 schedule = hqs_schedule(sigma, int(iterations), start, end)
-                values = [psnr(hqs(model, y, sigma, schedule, weight).cpu().numpy(), x) for x, y in zip(images, noisy)]
+                values = [psnr(hqs_method(model, y, sigma, schedule, weight).cpu().numpy(), x) for x, y in zip(images, noisy)]
                 gains[row, column] = np.mean(values) - np.mean(baseline)
         print(f"sigma {255 * sigma:g}: EB-PA {np.mean(baseline):.2f} dB; best gain {gains[:, column].max():+.3f} "
               f"with {grid[int(gains[:, column].argmax())]}", flush=True)

@@ -124,36 +124,52 @@ def band_energy(model: BandGMDM, images: torch.Tensor, t) -> torch.Tensor:
 def band_score(model: BandGMDM, images: torch.Tensor, t, exact: bool = True) -> torch.Tensor:
     """``grad_x log f(x, t) = A^T psi'/psi(A x, t)`` (0 in band ``(0, 0)``), shaped like ``images``; with
     ``exact=False`` and one ``t`` the experts are read from their :class:`~gmdm_cli.tables.ExpertTable`."""
+    return band_image(model, _coefficient_scores(model, band_coefficients(model, images), t, exact))
+
+
+def _coefficient_scores(model: BandGMDM, c: torch.Tensor, t, exact: bool) -> torch.Tensor:
+    """The experts' scores ``psi'/psi(c, t)`` of coefficients ``c`` ``(N, M^2, h, w)``, 0 in band ``(0, 0)``."""
     from .tables import expert_table
 
-    c = band_coefficients(model, images)
     if exact or torch.as_tensor(t).dim() > 0:
         scores = expert_score(model, c[:, 1:], t)
     else:
         scores = expert_table(model, float(t)).score(c[:, 1:])
-    return band_image(model, torch.cat([torch.zeros_like(c[:, :1]), scores], 1))
+    return torch.cat([torch.zeros_like(c[:, :1]), scores], 1)
 
 
 def band_tweedie(model: BandGMDM, images: torch.Tensor, t, exact: bool = True) -> torch.Tensor:
-    """Tweedie's estimate ``x + 2t grad log f(x, t)`` (Eq. 3) of whole images; ``t`` a number or ``(N,)``."""
+    """Tweedie's estimate ``x + 2t grad log f(x, t)`` (Eq. 3) of whole images. ``t``: a number, one per image
+    ``(N,)``, or one per lattice cell ``(N, 1, H/M, W/M)``: every coefficient then has its own time (the
+    coefficients are independent, so each is shrunk by its own posterior mean: heteroscedastic noise whose
+    level is constant on each cell), ``x_hat = A^T (c + 2t psi'/psi(c, t))``."""
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     scale = 2 * (t.view(-1, 1, 1, 1) if t.dim() == 1 else t)
-    return images + scale * band_score(model, images, t, exact)
+    c = band_coefficients(model, images)
+    return band_image(model, c + scale * _coefficient_scores(model, c, t, exact))
 
 
-def band_denoise(model: BandGMDM, noisy: torch.Tensor, sigma: float, exact: bool = False) -> torch.Tensor:
+def band_denoise(model: BandGMDM, noisy: torch.Tensor, sigma, exact: bool = False) -> torch.Tensor:
     """Tweedie's estimate at ``t = sigma^2 / 2`` averaged over the ``M^2`` shifts of the band lattice (cycle
     spinning), for a gray image ``(H, W)`` of any size: it is mirrored to a multiple of ``M`` plus a margin
     of ``M`` on every side, each shift denoises a window of it, and the windows' estimates of the image
-    are averaged. Tabulated experts unless ``exact``. Returns ``(H, W)``, not clipped."""
+    are averaged. ``sigma``: a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise): each shift's
+    cells then take the mean variance of the map over them (:func:`band_tweedie`). Tabulated experts for one
+    ``sigma`` unless ``exact``; exact mixtures for maps. Returns ``(H, W)``, not clipped."""
     m = model.bands
     height, width = noisy.shape
     inner_h, inner_w = -(-height // m) * m + m, -(-width // m) * m + m
-    padded = _mirror(noisy[None, None], m, inner_h - height, m, inner_w - width)
-    windows = torch.cat([padded[..., a:a + inner_h, b:b + inner_w] for a in range(m) for b in range(m)])
-    estimates = band_tweedie(model, windows, time_from_sigma(sigma), exact)
+    shifts = [(a, b) for a in range(m) for b in range(m)]
+
+    def windows(image: torch.Tensor) -> torch.Tensor:
+        padded = _mirror(image[None, None], m, inner_h - height, m, inner_w - width)
+        return torch.cat([padded[..., a:a + inner_h, b:b + inner_w] for a, b in shifts])
+
+    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
+    t = time_from_sigma(float(sigma)) if sigma.dim() == 0 else F.avg_pool2d(windows(sigma**2), m) / 2
+    estimates = band_tweedie(model, windows(noisy), t, exact)
     total = torch.zeros_like(noisy)
-    for index, (a, b) in enumerate((a, b) for a in range(m) for b in range(m)):
+    for index, (a, b) in enumerate(shifts):
         total += estimates[index, 0, m - a:m - a + height, m - b:m - b + width]
     return total / m**2
 

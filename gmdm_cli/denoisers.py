@@ -11,7 +11,6 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -179,14 +178,25 @@ def _hqs_iterations(noisy: torch.Tensor, relative: list[float], data_weight: flo
     return x
 
 
-def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma: float, iterations: int = HQS_ITERATIONS,
-             data_weight: float = HQS_DATA_WEIGHT) -> torch.Tensor:
+BAND_HQS_START, BAND_HQS_END, BAND_HQS_DATA_WEIGHT = 0.25, 1 / 128, 9.0  # the band model's own tuning
+
+
+def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
+             data_weight: float | None = None) -> torch.Tensor:
     """:func:`hqs` with the band model's prior ``sum_s log f(shift_s x, t)`` over the ``M^2`` lattice shifts, which
     counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
-    beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) and
-    the same schedule and data weight as the patch models."""
-    relative = hqs_schedule(1.0, iterations)  # times per sigma^2
-    return _hqs_iterations(noisy, relative, data_weight, model.bands**2,
+    beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) of
+    a gray image ``(H, W)``. ``sigma``: a number, or a per-pixel map ``(H, W)`` (``schedule`` then given for
+    ``sigma = 1``, as in :func:`hqs`). Default schedule ``hqs_schedule(sigma, HQS_ITERATIONS, BAND_HQS_START,
+    BAND_HQS_END)`` and data weight ``BAND_HQS_DATA_WEIGHT``: the band model's own choice on BSDS400 crops
+    (``benchmarks/tune_hqs.py --model conv``, ``benchmarks/results/hqs-tuning-conv.md``)."""
+    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
+    level = float(sigma) if sigma.dim() == 0 else 1.0
+    if schedule is None:
+        schedule = hqs_schedule(level, HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END)
+    weight = BAND_HQS_DATA_WEIGHT if data_weight is None else data_weight
+    relative = [t / level**2 for t in schedule]
+    return _hqs_iterations(noisy, relative, weight, model.bands**2,
                            lambda x, r: band_denoise(model, x, (2 * r) ** 0.5 * sigma))
 
 
@@ -210,8 +220,8 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
     over the default range of :func:`hqs_schedule`. The image stays in host
     memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. A band (conv) model
-    (:mod:`gmdm_cli.band_model`) takes one ``sigma``, mirrors the borders itself and works on whole images
-    (``boundary`` and ``tile`` do not apply). Returns float64 numpy, unclipped.
+    (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole images (``boundary`` and
+    ``tile`` do not apply; a map sets the level of every lattice cell, see :func:`band_denoise`). Returns float64 numpy, unclipped.
     """
     import numpy as np
 
@@ -225,16 +235,21 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     gains = np.ones(1) if gray else noise_gains(colour)
     stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
     with torch.no_grad():
+        if np.ndim(sigma) == 2 and np.shape(sigma) != image.shape[:2]:
+            raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
         if isinstance(model, BandGMDM):
-            if np.ndim(sigma) == 2:
-                raise ValueError("per-pixel noise maps need a patch model (7x7, 15x15)")
-            denoise = band_denoise if method == "ebpa" else functools.partial(band_hqs, iterations=iterations)
-            result = torch.stack([denoise(model, stack[k, 0], sigma * gains[k])[None] for k in range(len(gains))])
+            def band_channel(k: int) -> torch.Tensor:
+                level = torch.as_tensor(sigma * gains[k], dtype=dtype)
+                if method == "ebpa":
+                    return band_denoise(model, stack[k, 0], level)
+                scale = float(level) if level.dim() == 0 else 1.0  # maps: the schedule for sigma = 1
+                return band_hqs(model, stack[k, 0], level, hqs_schedule(scale, iterations, BAND_HQS_START,
+                                                                        BAND_HQS_END))
+
+            result = torch.stack([band_channel(k)[None] for k in range(len(gains))])
         elif np.ndim(sigma) == 2:
             if boundary != "valid":
                 raise ValueError("a per-pixel noise map works with boundary 'valid'")
-            if np.shape(sigma) != image.shape[:2]:
-                raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
             b, half = model.patch_size, model.patch_size // 2
             rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
             centres = torch.as_tensor(np.asarray(sigma)[half:half + rows, half:half + columns], dtype=dtype)
