@@ -7,8 +7,9 @@
 In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image, not clipped):
 
 * homoscedastic: noise sigma in {5, 10, 15, 25, 50, 75, 100}: mean absolute error and bias (0-255 scale) of
-  the global estimates (the default "flat" estimator and the paper's "mean-energy" argmin, each calibrated
-  and raw), with ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs PyWavelets) beside them;
+  the calibrated global estimates (the default "auto", and the "flat", "quiet" and the paper's "mean-energy"
+  argmins it is made of or compared with), with ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs
+  PyWavelets) beside them;
 * heteroscedastic (Fig. 3), on the first ``--map-images`` images: sigma 0.1 / 0.2 on a checkerboard of
   64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (the default, a box
   average of the energies as before, and the raw per-patch argmin), and PSNR of blind EB-PA and HQS (estimated
@@ -31,7 +32,7 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (MAP_OPENING, MAP_WINDOW, apply_calibration, calibration_for, map_calibration,
+from gmdm_cli.noise import (MAP_OPENING, MAP_WINDOW, apply_calibration, auto_estimate, calibration_for, map_calibration,
                             map_from_energies, mean_patch_energy, patch_energies, raw_global_sigmas,
                             response_histograms, sigma_levels)
 from gmdm_cli.training import find_images
@@ -43,7 +44,7 @@ SIGMAS = (5, 10, 15, 25, 50, 75, 100)
 def homoscedastic(model, images, seed, show):
     from skimage.restoration import estimate_sigma
 
-    columns = {"flat (default)": [], "mean-energy": [], "flat, raw": [], "mean-energy, raw": [], "estimate_sigma": []}
+    columns = {"auto (default)": [], "flat": [], "quiet": [], "mean-energy": [], "estimate_sigma": []}
     show("## Global noise level (0-255 scale): mean absolute error / bias")
     show()
     show("| sigma | " + " | ".join(columns) + " |")
@@ -53,10 +54,10 @@ def homoscedastic(model, images, seed, show):
         for index, clean in enumerate(images):
             noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
             tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
-            for estimator, raw in raw_global_sigmas(model, tensor).items():
-                values[f"{estimator} (default)" if estimator == "flat" else estimator].append(
-                    255 * apply_calibration(raw, calibration_for(model, estimator)))
-                values[f"{estimator}, raw"].append(255 * raw)
+            raw = raw_global_sigmas(model, tensor)
+            for estimator, value in raw.items():
+                values[estimator].append(255 * apply_calibration(value, calibration_for(model, estimator)))
+            values["auto (default)"].append(255 * auto_estimate(model, raw))
             values["estimate_sigma"].append(255 * estimate_sigma(noisy))
         cells = []
         for name in columns:
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
     lines = [f"# Noise estimation ({date.today()})", "",
              f"`python benchmarks/noise.py {' '.join(argv if argv is not None else sys.argv[1:])}`: model "
              f"{args.model} (calibration: {'yes' if model.metadata.get('noise_calibration') else 'none'}), "
-             f"{len(images)} images of {args.data.name}.", ""]
+             f"{len(images)} images of {args.data.name}"
+             + (f" (maps and Fig. 4: the first {min(args.map_images, len(images))})." if "maps" in parts else "."), ""]
 
     def show(line: str = "") -> None:
         print(line, flush=True)

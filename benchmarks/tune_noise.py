@@ -1,4 +1,4 @@
-"""Choose the flat noise estimator's kept fraction on training images (BSDS400), never on BSD68.
+"""Choose the global noise estimators on training images (BSDS400), never on BSD68.
 
 For every image and noise level the window energies are computed once; then the raw global estimate is taken
 for several kept fractions of the windows (the lowest argmins; estimate = argmin of their mean energy) and
@@ -6,7 +6,13 @@ for several quantiles of the window argmins, beside the whole-image argmin ("mea
 ``estimate_sigma``. Each variant is calibrated on the even-numbered images (the mean raw estimate per level,
 as ``gmdm calibrate`` does) and its mean absolute error and bias (0-255 scale) are printed for the odd ones.
 
-    python benchmarks/tune_noise.py --model 7x7 --every 10 --save tune_noise.npz
+The "quiet" study uses every expert's mean energy over all patches as a function of sigma (160 levels): on
+the even-numbered images the experts are ranked by how far their own argmin exceeds the true level (mean ratio
+over the levels from 15 on, as ``calibrate_noise`` does); "quiet k" is the argmin of the summed energies of
+the first k; "auto" ramps from the flat estimate (fraction 0.01) to quiet 8 between two calibrated flat levels.
+
+    python benchmarks/tune_noise.py --model 7x7 --every 14 --save tune_noise.npz
+    python benchmarks/tune_noise.py --load tune_noise.npz
 """
 
 from __future__ import annotations
@@ -20,13 +26,18 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.noise import _argmin_refined, apply_calibration, estimate_global_sigma, window_energies
+from gmdm_cli.model import expert_log_density, time_from_sigma
+from gmdm_cli.noise import (QUIET_SELECTION_FROM, _argmin_refined, apply_calibration, estimate_global_sigma,
+                            response_histograms, window_energies)
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
 SIGMAS = (5, 10, 15, 25, 50, 75, 100)
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
+GRID = np.geomspace(1 / 255, 0.5, 160)  # levels of the experts' energy curves
+QUIET_COUNTS = (4, 6, 8, 12, 16, 24)
+RAMPS = ((15, 30), (20, 40), (25, 50), (30, 60))  # auto: flat below the first, quiet 8 above the second
 
 
 def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
@@ -43,22 +54,54 @@ def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
     return values + [max(whole, 2 / 255)]
 
 
-def report(results: np.ndarray) -> None:
-    """results: (images, sigmas, variants + 1), the last variant is estimate_sigma (0-1 scale)."""
+def expert_curves(model, noisy: torch.Tensor) -> np.ndarray:
+    """Every expert's mean energy over all patches at the levels of ``GRID``: ``(J, len(GRID))``."""
+    centres, weights = response_histograms(model, noisy[None, None])
+    with torch.no_grad():
+        return torch.stack([(-expert_log_density(model, centres[None], time_from_sigma(float(s)))[0] * weights).sum(1)
+                            for s in GRID]).T.numpy()
+
+
+def calibrated(raw: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """``raw`` (images, sigmas) through the calibration curve measured on the images ``fit``."""
+    means = np.maximum.accumulate(raw[fit].mean(0)) + 1e-9 * np.arange(len(SIGMAS))
+    calibration = {"raw": list(means), "true": list(np.asarray(SIGMAS) / 255)}
+    return np.vectorize(lambda x: apply_calibration(x, calibration))(raw)
+
+
+def report(results: np.ndarray, curves: np.ndarray | None = None) -> None:
+    """results: (images, sigmas, variants + 1), the last variant is estimate_sigma (0-1 scale); curves: (images,
+    sigmas, J, len(GRID)) for the quiet study."""
     names = [f"fraction {f:g}" for f in FRACTIONS] + [f"quantile {q:g}" for q in QUANTILES]
     names += ["mean-energy", "estimate_sigma"]
     fit, test = np.arange(0, len(results), 2), np.arange(1, len(results), 2)
     truth = np.asarray(SIGMAS, dtype=float)
     print(f"{len(results)} images: calibrated on {len(fit)}, tested on {len(test)}; MAE (bias), 0-255 scale")
     print(f"{'variant':16s}" + "".join(f"{s:>14d}" for s in SIGMAS))
-    for v, name in enumerate(names):
-        raw = results[:, :, v]
-        if name != "estimate_sigma":
-            means = np.maximum.accumulate(raw[fit].mean(0)) + 1e-9 * np.arange(len(SIGMAS))
-            calibration = {"raw": list(means), "true": list(truth / 255)}
-            raw = np.vectorize(lambda x: apply_calibration(x, calibration))(raw)
-        error = 255 * raw[test] - truth
+
+    def show(name: str, estimate: np.ndarray) -> None:
+        error = 255 * estimate[test] - truth
         print(f"{name:16s}" + "".join(f"{np.abs(e).mean():7.2f}({e.mean():+5.2f})" for e in error.T))
+
+    for v, name in enumerate(names):
+        show(name, results[:, :, v] if name == "estimate_sigma" else calibrated(results[:, :, v], fit))
+    if curves is None:
+        return
+    argmin = lambda values: _argmin_refined(torch.as_tensor(np.moveaxis(values, -1, 0)), torch.as_tensor(GRID)).numpy()
+    selected = [k for k, s in enumerate(SIGMAS) if s >= QUIET_SELECTION_FROM]
+    ratios = argmin(curves[fit][:, selected]) * 255 / truth[selected, None]  # (fit images, levels, J)
+    ranking = np.argsort(ratios.mean((0, 1)))
+    print(f"experts by mean ratio (fit images, sigma >= {QUIET_SELECTION_FROM}): {ranking[:12].tolist()}")
+    flat = calibrated(results[:, :, 0], fit)
+    for count in QUIET_COUNTS:
+        quiet = calibrated(argmin(curves[:, :, ranking[:count]].sum(2)), fit)
+        show(f"quiet {count}", quiet)
+        if count == 8:
+            quiet8 = quiet
+    for low, high in RAMPS:
+        weight = np.clip((high - 255 * flat) / (high - low), 0, 1)
+        show(f"auto {low}-{high}", weight * flat + (1 - weight) * quiet8)
+    show("flat/quiet 8 mean", (flat + quiet8) / 2)
 
 
 def main(argv=None) -> int:
@@ -70,26 +113,29 @@ def main(argv=None) -> int:
     parser.add_argument("--load", type=Path, help="only print the report of saved estimates")
     args = parser.parse_args(argv)
     if args.load:
-        report(np.load(args.load)["results"])
+        saved = np.load(args.load)
+        report(saved["results"], saved["curves"] if "curves" in saved else None)
         return 0
     from skimage.restoration import estimate_sigma
 
     model = load_model(args.model)
     images = [im.astype(np.float64) for im in load_training_images(find_images([args.data])[5::args.every], 7)]
-    results = []
+    results, curves = [], []
     started = time.perf_counter()
     for i, clean in enumerate(images):
-        row = []
+        row, row_curves = [], []
         for k, sigma in enumerate(SIGMAS):
             noisy = clean + sigma / 255 * np.random.default_rng(7000 + 10 * i + k).standard_normal(clean.shape)
-            row.append(raw_estimates(model, torch.tensor(noisy, dtype=model.filters.dtype)) + [estimate_sigma(noisy)])
+            tensor = torch.tensor(noisy, dtype=model.logits.dtype)
+            row.append(raw_estimates(model, tensor) + [estimate_sigma(noisy)])
+            row_curves.append(expert_curves(model, tensor))
         results.append(row)
+        curves.append(row_curves)
         print(f"image {i + 1}/{len(images)}, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         if args.save:
-            np.savez(args.save, results=np.asarray(results))
-    report(np.asarray(results))
+            np.savez(args.save, results=np.asarray(results), curves=np.asarray(curves))
+    report(np.asarray(results), np.asarray(curves))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

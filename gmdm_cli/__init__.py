@@ -50,7 +50,7 @@ def _loaded(path, stamp):
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
-            tile=None, iterations=6):
+            tile=None, iterations=None):
     """Denoise an image corrupted by additive Gaussian noise.
 
     Parameters
@@ -73,8 +73,9 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         (:mod:`gmdm_cli.colour`; measured 0.2-0.5 dB worse with the gray prior, see the README).
     tile : int, optional
         Tile side for bounded memory (same result); None picks one, 0 works on the whole image at once.
-    iterations : int
-        HQS only: steps of its schedule (:func:`gmdm_cli.denoisers.hqs_schedule`).
+    iterations : int, optional
+        HQS only: steps of its schedule (:func:`gmdm_cli.denoisers.hqs_schedule`); default 6 for the patch
+        models, 4 for the conv model (each tuned on training images).
 
     Returns
     -------
@@ -113,7 +114,7 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
 
 
-def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimator="flat"):
+def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimator="auto"):
     """Estimate the standard deviation of additive Gaussian noise in an image (Sec. 4.4 of the paper).
 
     Parameters
@@ -129,9 +130,11 @@ def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimato
     opening : int
         Map: size (in patches) of the gray-scale opening that removes raised estimates on texture
         (:func:`gmdm_cli.noise.estimate_sigma_map`); 1 skips it.
-    estimator : {"flat", "mean-energy"}
-        ``"flat"``: the argmin over t in the image's flattest regions (robust to texture); ``"mean-energy"``:
-        ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
+    estimator : {"auto", "flat", "quiet", "mean-energy"}
+        ``"flat"``: the argmin over t in the image's flattest regions (robust to texture, the best at low noise);
+        ``"quiet"``: the argmin of the mean energy of the experts that content raises least (the best at high
+        noise); ``"auto"`` (default): flat below sigma 20/255, quiet above 40/255, blended between;
+        ``"mean-energy"``: ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
 
     Returns
     -------

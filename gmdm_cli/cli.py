@@ -252,8 +252,9 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
               help="With --blind (one input): also save the estimated map here (.tif or .npy, 0-255 units).")
 @click.option("--method", type=click.Choice(["ebpa", "hqs"]), default="ebpa", show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
-@click.option("--iterations", default=6, show_default=True, type=click.IntRange(1, 100),
-              help="HQS steps (from t = sigma^2/8 down to sigma^2/256); 6 was best on training images.")
+@click.option("--iterations", type=click.IntRange(1, 100),
+              help="HQS steps over the model's range of t (patch models: sigma^2/8 down to sigma^2/256; conv: "
+                   "0.35 sigma^2 down to sigma^2/128) [default: the best on training images, 6; conv: 4].")
 @click.option("--boundary", type=click.Choice(["valid", "reflect"]), default="valid", show_default=True,
               help="valid: patches inside the image only (the paper); reflect: mirror the border first.")
 @click.option("--colour", type=click.Choice(["rgb", "opponent"]), default="rgb", show_default=True,
@@ -288,7 +289,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
         raise click.UsageError("-o/--output takes one input; use --output-dir for several")
     if sum([sigma is not None, blind, sigma_map is not None]) != 1:
         raise click.UsageError("give exactly one of --sigma, --blind and --sigma-map")
-    if method != "hqs" and click.get_current_context().get_parameter_source("iterations").name != "DEFAULT":
+    if method != "hqs" and iterations is not None:
         raise click.UsageError("--iterations goes with --method hqs")
     if noise_map_path is not None and (not blind or len(inputs) > 1):
         raise click.UsageError("--noise-map goes with --blind and a single input")
@@ -512,9 +513,11 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @click.option("--opening", default=45, show_default=True, type=click.IntRange(1, 1023),
               help="Map: size (in patches) of the opening (minimum, then maximum filter) that removes raised "
                    "estimates on texture; 1: none.")
-@click.option("--estimator", type=click.Choice(["flat", "mean-energy"]), default="flat", show_default=True,
-              help="Global estimate: argmin over t in the flattest regions (flat), or of the mean energy of all "
-                   "patches (mean-energy, the paper's Fig. 4; biased by texture).")
+@click.option("--estimator", type=click.Choice(["auto", "flat", "quiet", "mean-energy"]), default="auto",
+              show_default=True,
+              help="Global estimate: the argmin over t of the mean energy in the flattest regions (flat), of the "
+                   "experts that content raises least (quiet), or of all patches (mean-energy, the paper's Fig. 4; "
+                   "biased by texture); auto: flat below sigma 20, quiet above 40, blended between.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @_max_pixels
@@ -539,7 +542,10 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
         raise click.UsageError("--map of standard input ('-') needs --output-dir")
     model = _load_model(model_name, _device(device))
     report = _Report(quiet, len(inputs), as_json)
-    if calibration_for(model, estimator) is None:
+    if estimator == "auto" and calibration_for(model, "quiet") is None:
+        report.info(f"note: model {model_name} has no 'quiet' calibration; 'auto' is the flat estimate alone "
+                    "(see gmdm calibrate)")
+    if calibration_for(model, "flat" if estimator == "auto" else estimator) is None:
         report.info(f"note: model {model_name} has no calibration for the '{estimator}' estimator; "
                     "estimates are raw (see gmdm calibrate)")
     if noise_map and map_calibration(model, window, opening) is None:
@@ -581,8 +587,10 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
 @click.option("--levels", help="Noise levels (0-255, comma-separated, at least two) at which to measure the "
                                 "estimators [default: 14 levels from 0 to 100].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
-@click.option("--estimator", "estimators", multiple=True, type=click.Choice(["flat", "mean-energy", "map"]),
-              help="Calibrate only these (repeatable) and keep the model's other curves [default: all three].")
+@click.option("--estimator", "estimators", multiple=True,
+              type=click.Choice(["flat", "quiet", "mean-energy", "map"]),
+              help="Calibrate only these (repeatable) and keep the model's other curves [default: all four]. "
+                   "quiet also chooses its experts (needs a level of at least 15).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
 def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""

@@ -178,7 +178,7 @@ def _hqs_iterations(noisy: torch.Tensor, relative: list[float], data_weight: flo
     return x
 
 
-BAND_HQS_START, BAND_HQS_END, BAND_HQS_DATA_WEIGHT = 0.25, 1 / 128, 9.0  # the band model's own tuning
+BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END, BAND_HQS_DATA_WEIGHT = 4, 0.7, 1 / 64, 36.0  # tuned on BSDS400
 
 
 def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
@@ -187,13 +187,15 @@ def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma, schedule: list[float] 
     counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
     beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) of
     a gray image ``(H, W)``. ``sigma``: a number, or a per-pixel map ``(H, W)`` (``schedule`` then given for
-    ``sigma = 1``, as in :func:`hqs`). Default schedule ``hqs_schedule(sigma, HQS_ITERATIONS, BAND_HQS_START,
-    BAND_HQS_END)`` and data weight ``BAND_HQS_DATA_WEIGHT``: the band model's own choice on BSDS400 crops
-    (``benchmarks/tune_hqs.py --model conv``, ``benchmarks/results/hqs-tuning-conv.md``)."""
+    ``sigma = 1``, as in :func:`hqs`). Default schedule ``hqs_schedule(sigma, BAND_HQS_ITERATIONS, BAND_HQS_START,
+    BAND_HQS_END)`` (4 steps from ``0.7 sigma^2 / 2`` to ``sigma^2 / 128``) and data weight ``BAND_HQS_DATA_WEIGHT``
+    (36): the band model's own choice, best of 153 settings on BSDS400 crops (``benchmarks/tune_hqs.py --model
+    conv``, ``benchmarks/results/hqs-tuning-conv.md``); it gains only about 0.05 dB over the cycle-spun Tweedie
+    estimate, which already averages ``M^2`` estimates."""
     sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
     level = float(sigma) if sigma.dim() == 0 else 1.0
     if schedule is None:
-        schedule = hqs_schedule(level, HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END)
+        schedule = hqs_schedule(level, BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END)
     weight = BAND_HQS_DATA_WEIGHT if data_weight is None else data_weight
     relative = [t / level**2 for t in schedule]
     return _hqs_iterations(noisy, relative, weight, model.bands**2,
@@ -211,14 +213,15 @@ def psnr(estimate, clean) -> float:
 
 
 def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
-                  tile: int | None = None, colour: str = "rgb", iterations: int = HQS_ITERATIONS):
+                  tile: int | None = None, colour: str = "rgb", iterations: int | None = None):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA or HQS with every
     patch at the level of its centre pixel, ``boundary="valid"``). Gray ``(H, W)`` images are
     denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
     :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
-    over the default range of :func:`hqs_schedule`. The image stays in host
+    over the model's default range of :func:`hqs_schedule` (default: ``HQS_ITERATIONS`` for patch models,
+    ``BAND_HQS_ITERATIONS`` for band models). The image stays in host
     memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. A band (conv) model
     (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole images (``boundary`` and
     ``tile`` do not apply; a map sets the level of every lattice cell, see :func:`band_denoise`). Returns float64 numpy, unclipped.
@@ -233,6 +236,8 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     gray = image.ndim == 2
     channels = image[..., None] if gray else to_channels(image[..., :3], colour)
     gains = np.ones(1) if gray else noise_gains(colour)
+    if iterations is None:
+        iterations = BAND_HQS_ITERATIONS if isinstance(model, BandGMDM) else HQS_ITERATIONS
     stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
     with torch.no_grad():
         if np.ndim(sigma) == 2 and np.shape(sigma) != image.shape[:2]:

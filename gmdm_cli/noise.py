@@ -54,11 +54,14 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
     return centres, weights.view(-1, bins) / z.shape[1]
 
 
-def mean_patch_energy(model: PatchGMDM, histograms, sigma: float) -> float:
-    """``mean_i -log f(P_i y, t)`` at ``t = sigma^2 / 2`` from :func:`response_histograms` (normalised)."""
+def mean_patch_energy(model: PatchGMDM, histograms, sigma: float, experts=None) -> float:
+    """``mean_i -log f(P_i y, t)`` at ``t = sigma^2 / 2`` from :func:`response_histograms` (normalised); with
+    ``experts`` (indices) the sum over those experts only, up to the constant ``log Z``."""
     centres, weights = histograms
     with torch.no_grad():
         energies = -expert_log_density(model, centres[None], time_from_sigma(sigma))[0]  # (J, bins)
+        if experts is not None:
+            return float((weights * energies)[list(experts)].sum())
         return float((weights * energies).sum() - model.log_normaliser())
 
 
@@ -68,32 +71,52 @@ def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512
 
     Raw argmin, without any calibration; searched on ``[0, SIGMA_MAX]``.
     """
+    return histogram_argmin(model, _histograms(model, image, bins), coarse=coarse, tolerance=tolerance)
+
+
+def _histograms(model: PatchGMDM, image: torch.Tensor, bins: int = 512):
     images = image if image.dim() == 4 else image[None, None]
-    histograms = response_histograms(model, images.to(model.logits.dtype), bins)
+    return response_histograms(model, images.to(model.logits.dtype), bins)
+
+
+def histogram_argmin(model: PatchGMDM, histograms, experts=None, coarse: int = 14, tolerance: float = 1e-4) -> float:
+    """The ``sigma`` in ``[0, SIGMA_MAX]`` that minimises :func:`mean_patch_energy` (of ``experts``, default all):
+    bracketed on a grid of ``coarse`` levels, refined by golden-section search."""
     grid = [SIGMA_MAX * i / (coarse - 1) for i in range(coarse)]
-    values = [mean_patch_energy(model, histograms, s) for s in grid]
+    values = [mean_patch_energy(model, histograms, s, experts) for s in grid]
     best = min(range(coarse), key=values.__getitem__)
-    return _golden_argmin(model, histograms, grid[max(best - 1, 0)], grid[min(best + 1, coarse - 1)], tolerance)
-
-
-def _golden_argmin(model: PatchGMDM, histograms, low: float, high: float, tolerance: float = 1e-4) -> float:
-    """The ``sigma`` in ``[low, high]`` that minimises :func:`mean_patch_energy` (golden-section search)."""
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, coarse - 1)]
     ratio = (math.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
-    energy_a, energy_b = mean_patch_energy(model, histograms, a), mean_patch_energy(model, histograms, b)
+    energy_a, energy_b = (mean_patch_energy(model, histograms, s, experts) for s in (a, b))
     while high - low > tolerance:
         if energy_a <= energy_b:
             high, b, energy_b = b, a, energy_a
             a = high - ratio * (high - low)
-            energy_a = mean_patch_energy(model, histograms, a)
+            energy_a = mean_patch_energy(model, histograms, a, experts)
         else:
             low, a, energy_a = a, b, energy_b
             b = low + ratio * (high - low)
-            energy_b = mean_patch_energy(model, histograms, b)
+            energy_b = mean_patch_energy(model, histograms, b, experts)
     return (low + high) / 2
 
 
-ESTIMATORS = ("flat", "mean-energy")
+def expert_sigmas(model: PatchGMDM, histograms, levels: torch.Tensor | None = None) -> torch.Tensor:
+    """Every expert's own argmin ``(J,)``: the ``sigma`` of ``levels`` (default: 96 levels of
+    :func:`sigma_levels`, refined by a parabola) that minimises the mean of ``-log psi_j`` over the image's
+    responses. Content raises it; :func:`calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
+    centres, weights = histograms
+    levels = sigma_levels(96) if levels is None else levels
+    with torch.no_grad():
+        energies = torch.stack([(-expert_log_density(model, centres[None], time_from_sigma(float(s)))[0] * weights)
+                                .sum(1) for s in levels])  # (K, J)
+    return _argmin_refined(energies, levels.to(energies.dtype))
+
+
+ESTIMATORS = ("auto", "flat", "quiet", "mean-energy")
+RAW_ESTIMATORS = ESTIMATORS[1:]  # "auto" combines two of them
+QUIET_EXPERTS = 8  # experts kept by the "quiet" estimator
+AUTO_RAMP = (20 / 255, 40 / 255)  # "auto": flat below, quiet above, linear between (on the flat estimate)
 
 
 def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01,
@@ -280,21 +303,31 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=ESTIMATORS) -> dict[str, float]:
-    """The uncalibrated global estimates of ``estimators`` (of :data:`ESTIMATORS`) for a gray image; the
-    flat estimator starts from the whole-image one, which is computed once for both."""
-    unknown = [estimator for estimator in estimators if estimator not in ESTIMATORS]
+def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
+                      experts=None) -> dict[str, float]:
+    """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image, from one
+    set of response histograms: ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4),
+    ``"quiet"`` the same over the ``experts`` content raises least (default: the model's calibration's
+    choice, :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one."""
+    unknown = [estimator for estimator in estimators if estimator not in RAW_ESTIMATORS]
     if unknown:
-        raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(ESTIMATORS)})")
-    whole = estimate_global_sigma(model, image)
-    found = {"mean-energy": whole}
+        raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(RAW_ESTIMATORS)})")
+    histograms = _histograms(model, image)
+    found = {}
+    if "mean-energy" in estimators or "flat" in estimators:
+        found["mean-energy"] = histogram_argmin(model, histograms)
     if "flat" in estimators:
-        found["flat"] = estimate_flat_sigma(model, image, whole=whole)
+        found["flat"] = estimate_flat_sigma(model, image, whole=found["mean-energy"])
+    if "quiet" in estimators:
+        experts = quiet_experts(model) if experts is None else experts
+        if experts is None:
+            raise ValueError("the 'quiet' estimator needs the model's 'quiet' calibration (gmdm calibrate)")
+        found["quiet"] = histogram_argmin(model, histograms, experts)
     return {estimator: found[estimator] for estimator in estimators}
 
 
 def raw_global_sigma(model: PatchGMDM, image: torch.Tensor, estimator: str = "flat") -> float:
-    """The uncalibrated global estimate of ``estimator`` (one of :data:`ESTIMATORS`) for a gray image."""
+    """The uncalibrated global estimate of ``estimator`` (one of :data:`RAW_ESTIMATORS`) for a gray image."""
     return raw_global_sigmas(model, image, (estimator,))[estimator]
 
 
@@ -307,6 +340,43 @@ def calibration_for(model: PatchGMDM, estimator: str) -> dict | None:
     return calibration.get(estimator)
 
 
+def quiet_experts(model: PatchGMDM) -> list[int] | None:
+    """The experts of the ``"quiet"`` estimator, chosen by :func:`calibrate_noise`; ``None`` without one."""
+    calibration = calibration_for(model, "quiet")
+    return calibration["experts"] if calibration else None
+
+
+def auto_weight(flat: float) -> float:
+    """Weight of the flat estimate in ``"auto"`` given the calibrated flat estimate (0-1 scale): 1 below
+    ``AUTO_RAMP[0]``, 0 above ``AUTO_RAMP[1]``, linear between; the quiet estimate takes the rest."""
+    low, high = AUTO_RAMP
+    return min(1.0, max(0.0, (high - flat) / (high - low)))
+
+
+def estimate_global_noise(model: PatchGMDM, image: torch.Tensor, estimator: str = "auto") -> tuple[float, float]:
+    """``(calibrated, raw flat or None)`` global noise level of a gray image (0-1 scale) by ``estimator``
+    (``"auto"``: :func:`auto_estimate`)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
+    if estimator != "auto":
+        raw = raw_global_sigma(model, image, estimator)
+        return apply_calibration(raw, calibration_for(model, estimator)), raw if estimator == "flat" else None
+    raw = raw_global_sigmas(model, image, ("flat", "quiet") if quiet_experts(model) is not None else ("flat",))
+    return auto_estimate(model, raw), raw["flat"]
+
+
+def auto_estimate(model: PatchGMDM, raw: dict[str, float]) -> float:
+    """The ``"auto"`` estimate from raw ``"flat"`` and ``"quiet"`` ones: the calibrated flat estimate (the best
+    at low noise) blended into the calibrated quiet one (the best at high noise) by :func:`auto_weight`; the
+    flat estimate alone without a quiet one. Chosen on BSDS400 training images (``benchmarks/tune_noise.py``,
+    ``benchmarks/results/noise-tuning.md``)."""
+    flat = apply_calibration(raw["flat"], calibration_for(model, "flat"))
+    if raw.get("quiet") is None:
+        return flat
+    weight = auto_weight(flat)
+    return weight * flat + (1 - weight) * apply_calibration(raw["quiet"], calibration_for(model, "quiet"))
+
+
 def map_calibration(model: PatchGMDM, window: int = MAP_WINDOW, opening: int = MAP_OPENING) -> dict | None:
     """The checkpoint's ``"map"`` calibration if it was measured with this ``window`` and ``opening``."""
     calibration = calibration_for(model, "map")
@@ -316,24 +386,24 @@ def map_calibration(model: PatchGMDM, window: int = MAP_WINDOW, opening: int = M
 
 
 def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = MAP_WINDOW,
-                   opening: int = MAP_OPENING, estimator: str = "flat"):
+                   opening: int = MAP_OPENING, estimator: str = "auto"):
     """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
 
-    ``estimator``: ``"flat"`` (:func:`estimate_flat_sigma`, the default) or ``"mean-energy"`` (the paper's
-    whole-image argmin, :func:`estimate_global_sigma`). Colour images are measured on their intensity
-    ``(R + G + B) / 3`` (the first opponent channel of :mod:`gmdm_cli.colour`, noise level ``sigma / sqrt(3)``
-    for independent noise of level ``sigma`` in every channel) and reported per RGB channel. Estimates go
-    through the model's calibration of that estimator when its checkpoint carries one; the map
-    (:func:`estimate_noise_map`, ``window`` and ``opening``) through its ``"map"`` calibration.
+    ``estimator`` (:func:`estimate_global_noise`): ``"auto"`` (the default), ``"flat"``
+    (:func:`estimate_flat_sigma`), ``"quiet"`` (the whole-image argmin over the experts content raises least)
+    or ``"mean-energy"`` (the paper's whole-image argmin, :func:`estimate_global_sigma`). Colour images are
+    measured on their intensity ``(R + G + B) / 3`` (the first opponent channel of :mod:`gmdm_cli.colour`,
+    noise level ``sigma / sqrt(3)`` for independent noise of level ``sigma`` in every channel) and reported per
+    RGB channel. Estimates go through the model's calibration of each estimator when its checkpoint carries
+    one; the map (:func:`estimate_noise_map`, ``window`` and ``opening``) through its ``"map"`` calibration.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
     tensor, gain = _intensity(model, image)
-    raw = raw_global_sigma(model, tensor, estimator)
-    sigma = apply_calibration(raw, calibration_for(model, estimator)) / gain
+    sigma, flat = estimate_global_noise(model, tensor, estimator)
     if not noise_map:
-        return sigma, None
-    return sigma, estimate_noise_map(model, image, window, opening, raw if estimator == "flat" else None)
+        return sigma / gain, None
+    return sigma / gain, estimate_noise_map(model, image, window, opening, flat)
 
 
 def estimate_noise_map(model: PatchGMDM, image, window: int = MAP_WINDOW, opening: int = MAP_OPENING,
@@ -360,41 +430,58 @@ def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
 
 
 CALIBRATION_LEVELS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 100)  # 0-255 scale
-CALIBRATED = ESTIMATORS + ("map",)
+CALIBRATED = RAW_ESTIMATORS + ("map",)
+QUIET_SELECTION_FROM = 15  # 0-255: levels at which the quiet experts are chosen (the quiet estimator's range)
 
 
 def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
                     estimators=CALIBRATED) -> dict:
-    """Measure the raw estimators (global ones of :data:`ESTIMATORS`, and ``"map"``: the median of
+    """Measure the raw estimators (global ones of :data:`RAW_ESTIMATORS`, and ``"map"``: the median of
     :func:`estimate_sigma_map` with its default window and opening) on clean gray ``images`` (numpy, [0, 1])
     with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
     (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
-    increasing."""
+    increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
+    (:func:`expert_sigmas`) exceeds the true level least, on average over the images and the levels from
+    ``QUIET_SELECTION_FROM`` on (their indices are stored with the curve)."""
     import numpy as np
 
     unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
     rng = np.random.default_rng(seed)
-    global_ones = [estimator for estimator in estimators if estimator != "map"]
+    global_ones = [estimator for estimator in estimators if estimator not in ("map", "quiet")]
     raw = {estimator: [] for estimator in estimators}
+    kept_histograms, ratios = [], []  # for "quiet", once its experts are chosen
     for sigma in sigmas:
         estimates = {estimator: [] for estimator in estimators}
+        kept_histograms.append([])
         for image in images:
             noisy = image + sigma / 255 * rng.standard_normal(image.shape)
             tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
             found = raw_global_sigmas(model, tensor, global_ones) if global_ones else {}
             if "map" in estimators:
                 found["map"] = float(estimate_sigma_map(model, tensor).median())
+            if "quiet" in estimators:
+                histograms = _histograms(model, tensor)
+                kept_histograms[-1].append(histograms)
+                if sigma >= QUIET_SELECTION_FROM:
+                    ratios.append(expert_sigmas(model, histograms).cpu().numpy() * 255 / sigma)
             for estimator, value in found.items():
                 estimates[estimator].append(value)
-        for estimator in estimators:
+        for estimator in global_ones + (["map"] if "map" in estimators else []):
             raw[estimator].append(float(np.mean(estimates[estimator])))
+    extra = {}
+    if "quiet" in estimators:
+        if not ratios:
+            raise ValueError(f"the 'quiet' calibration needs a level of at least {QUIET_SELECTION_FROM}")
+        experts = sorted(int(j) for j in np.argsort(np.mean(ratios, 0))[:QUIET_EXPERTS])
+        raw["quiet"] = [float(np.mean([histogram_argmin(model, h, experts) for h in level]))
+                        for level in kept_histograms]
+        extra["quiet"] = {"experts": experts}
+    extra["map"] = {"window": MAP_WINDOW, "opening": MAP_OPENING}
     result = {}
-    for estimator, means in raw.items():
-        means = np.maximum.accumulate(np.asarray(means)) + 1e-9 * np.arange(len(means))
+    for estimator in estimators:
+        means = np.maximum.accumulate(np.asarray(raw[estimator])) + 1e-9 * np.arange(len(sigmas))
         result[estimator] = {"raw": [float(r) for r in means], "true": [s / 255 for s in sigmas],
-                             "images": len(images), "seed": seed}
-        if estimator == "map":
-            result[estimator].update(window=MAP_WINDOW, opening=MAP_OPENING)
+                             "images": len(images), "seed": seed, **extra.get(estimator, {})}
     return result

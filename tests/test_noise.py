@@ -64,13 +64,76 @@ def test_unknown_estimator_is_refused(model, camera):
         estimate_noise(model, camera, estimator="median")
 
 
-def test_both_raw_estimates_at_once_equal_each_alone(model, camera):
-    from gmdm_cli.noise import raw_global_sigmas
+def test_raw_estimates_at_once_equal_each_alone(model, camera):
+    from gmdm_cli.noise import histogram_argmin, quiet_experts, raw_global_sigma, raw_global_sigmas
 
     noisy = torch.tensor(camera[:96, :96] + 0.08 * np.random.default_rng(8).standard_normal((96, 96)),
                          dtype=torch.float32)
-    both = raw_global_sigmas(model, noisy)
-    assert both == {"flat": estimate_flat_sigma(model, noisy), "mean-energy": estimate_global_sigma(model, noisy)}
+    together = raw_global_sigmas(model, noisy)
+    assert together == {"flat": estimate_flat_sigma(model, noisy), "mean-energy": estimate_global_sigma(model, noisy),
+                        "quiet": raw_global_sigma(model, noisy, "quiet")}
+    assert together["quiet"] == histogram_argmin(model, response_histograms(model, noisy[None, None]),
+                                                 quiet_experts(model))
+
+
+def test_energy_of_a_subset_of_experts_is_their_mean_log_density(camera):
+    """mean_patch_energy over some experts = the mean over all patches of -sum_{j in subset} log psi_j, computed
+    from the responses directly; its argmin over sigma (histogram_argmin) is that of the direct sum."""
+    from gmdm_cli.model import expert_log_density, image_responses
+    from gmdm_cli.noise import histogram_argmin
+
+    exact_model = load_model("7x7", dtype=torch.float64)
+    image = torch.tensor(camera[:40, :40] + 0.1 * np.random.default_rng(20).standard_normal((40, 40)),
+                         dtype=torch.float64)[None, None]
+    experts = [3, 11, 40]
+    histograms = response_histograms(exact_model, image, 2048)
+    with torch.no_grad():
+        responses = image_responses(exact_model, image)  # (1, J, h, w)
+
+        def direct(sigma):
+            return float(-expert_log_density(exact_model, responses, sigma**2 / 2)[:, experts].sum(1).mean())
+
+        for sigma in (0.05, 0.1, 0.2):
+            assert mean_patch_energy(exact_model, histograms, sigma, experts) == pytest.approx(direct(sigma), rel=2e-3)
+        found = histogram_argmin(exact_model, histograms, experts)
+        grid = found + np.linspace(-0.005, 0.005, 11)
+        best = grid[int(np.argmin([direct(s) for s in grid]))]
+    assert abs(found - best) < 1.5e-3 and 0.08 < found < 0.12
+
+
+def test_auto_is_flat_at_low_noise_quiet_at_high_noise_and_blends_between(model):
+    from gmdm_cli.noise import AUTO_RAMP, apply_calibration, auto_estimate, calibration_for
+
+    def calibrated(name, raw):
+        return apply_calibration(raw, calibration_for(model, name))
+
+    for flat_raw, quiet_raw in ((10 / 255, 12 / 255), (80 / 255, 75 / 255), (27 / 255, 30 / 255)):
+        flat, quiet = calibrated("flat", flat_raw), calibrated("quiet", quiet_raw)
+        low, high = AUTO_RAMP
+        weight = 1.0 if flat <= low else 0.0 if flat >= high else (high - flat) / (high - low)
+        assert auto_estimate(model, {"flat": flat_raw, "quiet": quiet_raw}) == pytest.approx(
+            weight * flat + (1 - weight) * quiet)
+    assert auto_estimate(model, {"flat": 10 / 255, "quiet": 12 / 255}) == calibrated("flat", 10 / 255)
+    assert auto_estimate(model, {"flat": 80 / 255, "quiet": 75 / 255}) == calibrated("quiet", 75 / 255)
+
+
+@pytest.mark.parametrize("sigma", [50 / 255, 75 / 255])
+def test_quiet_experts_ignore_texture_at_high_noise(model, sigma):
+    """At high noise the whole-image argmin over the quiet experts moves little with dense texture, unlike
+    the argmin over all experts, and the default (auto) estimate is within 3 % of the truth on both images."""
+    from skimage import data
+
+    from gmdm_cli.noise import raw_global_sigma
+
+    smooth = np.tile(np.linspace(0.3, 0.6, 160)[:, None], (1, 160))
+    mixed = smooth.copy()
+    mixed[:, 80:] = data.grass()[:160, :80] / 255.0
+    noise = sigma * np.random.default_rng(21).standard_normal(smooth.shape)
+    quiet = [raw_global_sigma(model, torch.tensor(x + noise, dtype=torch.float32), "quiet") for x in (smooth, mixed)]
+    whole = [estimate_global_sigma(model, torch.tensor(x + noise, dtype=torch.float32)) for x in (smooth, mixed)]
+    assert quiet[1] - quiet[0] < 0.5 * (whole[1] - whole[0])
+    for x in (smooth, mixed):
+        assert abs(estimate_noise(model, x + noise)[0] - sigma) < 0.03 * sigma
 
 
 def test_noise_map_separates_two_noise_levels(model, camera):
@@ -126,7 +189,7 @@ def test_estimate_noise_cli_json_and_maps(tmp_path, camera):
     result = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--json", "--map"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.output.strip().splitlines()[-1])
-    assert record["path"].endswith("a.npy") and abs(record["sigma"] - 20) < 3 and record["estimator"] == "flat"
+    assert record["path"].endswith("a.npy") and abs(record["sigma"] - 20) < 3 and record["estimator"] == "auto"
     paper = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--json", "--estimator", "mean-energy"])
     assert paper.exit_code == 0, paper.output
     record_paper = json.loads(paper.output)
@@ -163,15 +226,18 @@ def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
     folder.mkdir()
     iio.imwrite(folder / "camera.png", data.camera()[::2, ::2])  # one image: its own bias is what is removed
     result = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "cal.pt"),
-                                      "--levels", "10,30,20", "--estimator", "flat", "--estimator", "map"])
+                                      "--levels", "10,30,20", "--estimator", "flat", "--estimator", "map",
+                                      "--estimator", "quiet"])
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "bad.pt"), "--levels", "9"])
     assert bad.exit_code == 2 and "at least two" in bad.output and not (tmp_path / "bad.pt").exists()
     calibrations = read_checkpoint(tmp_path / "cal.pt")["metadata"]["noise_calibration"]
-    assert set(calibrations) == {"flat", "mean-energy", "map"}
+    assert set(calibrations) == {"flat", "quiet", "mean-energy", "map"}
     assert calibrations["mean-energy"] == read_checkpoint(resolve_model_path("7x7"))["metadata"][
         "noise_calibration"]["mean-energy"]  # not asked for: kept from the model
-    for name in ("flat", "map"):
+    experts = calibrations["quiet"]["experts"]
+    assert len(experts) == 8 and experts == sorted(set(experts)) and experts[-1] < 48
+    for name in ("flat", "map", "quiet"):
         calibration = calibrations[name]
         assert calibration["true"] == pytest.approx([10 / 255, 20 / 255, 30 / 255]) and calibration["images"] == 1
         assert all(b > a for a, b in zip(calibration["raw"], calibration["raw"][1:]))
