@@ -545,8 +545,9 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
     if estimator == "auto" and calibration_for(model, "quiet") is None:
         report.info(f"note: model {model_name} has no 'quiet' calibration; 'auto' is the flat estimate alone "
                     "(see gmdm calibrate)")
-    if calibration_for(model, "flat" if estimator == "auto" else estimator) is None:
-        report.info(f"note: model {model_name} has no calibration for the '{estimator}' estimator; "
+    measured = "flat" if estimator == "auto" else estimator
+    if calibration_for(model, measured) is None:
+        report.info(f"note: model {model_name} has no calibration for the '{measured}' estimator; "
                     "estimates are raw (see gmdm calibrate)")
     if noise_map and map_calibration(model, window, opening) is None:
         report.info(f"note: model {model_name} has no map calibration for window {window} and opening {opening}; "

@@ -214,6 +214,7 @@ def test_estimate_noise_says_when_the_model_has_no_calibration(tmp_path, camera)
         result = CliRunner().invoke(cli, ["estimate-noise", str(tmp_path / "a.npy"), "--model", model])
         assert result.exit_code == 0, result.output
         assert ("no calibration for the 'flat' estimator" in result.output) == expected
+        assert ("no 'quiet' calibration; 'auto' is the flat estimate alone" in result.output) == expected
 
 
 def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
