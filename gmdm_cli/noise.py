@@ -19,6 +19,12 @@ patches are pooled over windows, each window gets its argmin, and the windows wi
 pooled for the final argmin. Natural images nearly always have some flat region, where the argmin sees
 noise only; the selection's own bias is the same for every image and is removed by the calibration
 (:func:`calibrate_noise`).
+
+The flat estimate sees few pixels, so at high noise its spread (about 1 % of sigma) exceeds that of a
+whole-image estimate. Texture raises some experts' argmins far more than others' (high-frequency filters
+see little of natural images): the ``"quiet"`` estimate is the whole-image argmin over the
+``QUIET_EXPERTS`` experts that calibration images raised least. ``"auto"`` (the default) uses the flat
+estimate at low noise and the quiet one at high noise (:func:`auto_estimate`).
 """
 
 from __future__ import annotations
@@ -303,12 +309,11 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
-                      experts=None) -> dict[str, float]:
+def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS) -> dict[str, float]:
     """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image, from one
     set of response histograms: ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4),
-    ``"quiet"`` the same over the ``experts`` content raises least (default: the model's calibration's
-    choice, :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one."""
+    ``"quiet"`` the same over the experts content raises least (the model's calibration's choice,
+    :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one."""
     unknown = [estimator for estimator in estimators if estimator not in RAW_ESTIMATORS]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(RAW_ESTIMATORS)})")
@@ -319,7 +324,7 @@ def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTI
     if "flat" in estimators:
         found["flat"] = estimate_flat_sigma(model, image, whole=found["mean-energy"])
     if "quiet" in estimators:
-        experts = quiet_experts(model) if experts is None else experts
+        experts = quiet_experts(model)
         if experts is None:
             raise ValueError("the 'quiet' estimator needs the model's 'quiet' calibration (gmdm calibrate)")
         found["quiet"] = histogram_argmin(model, histograms, experts)
