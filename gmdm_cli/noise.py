@@ -446,8 +446,9 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
     with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
     (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
     increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
-    (:func:`expert_sigmas`) exceeds the true level least, on average over the images and the levels from
-    ``QUIET_SELECTION_FROM`` on (their indices are stored with the curve)."""
+    (:func:`expert_sigmas`, searched from half to twice the true level) exceeds the true level least, on
+    average over the images and the levels from ``QUIET_SELECTION_FROM`` on (their indices are stored with
+    the curve)."""
     import numpy as np
 
     unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
@@ -469,8 +470,9 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
             if "quiet" in estimators:
                 histograms = _histograms(model, tensor)
                 kept_histograms[-1].append(histograms)
-                if sigma >= QUIET_SELECTION_FROM:
-                    ratios.append(expert_sigmas(model, histograms).cpu().numpy() * 255 / sigma)
+                if sigma >= QUIET_SELECTION_FROM:  # argmins searched from half to twice the true level
+                    levels = torch.logspace(math.log10(sigma / 510), math.log10(sigma / 127.5), 32, dtype=torch.float64)
+                    ratios.append(expert_sigmas(model, histograms, levels).cpu().numpy() * 255 / sigma)
             for estimator, value in found.items():
                 estimates[estimator].append(value)
         for estimator in global_ones + (["map"] if "map" in estimators else []):
