@@ -64,7 +64,8 @@ def main(argv=None) -> int:
             baseline = [psnr(baseline_method(model, y, sigma).cpu().numpy(), x) for x, y in zip(images, noisy)]
             for row, (iterations, start, end, weight) in enumerate(grid):
                 schedule = hqs_schedule(sigma, int(iterations), start, end)
-                values = [psnr(hqs_method(model, y, sigma, schedule, weight).cpu().numpy(), x) for x, y in zip(images, noisy)]
+                values = [psnr(hqs_method(model, y, sigma, schedule, weight).cpu().numpy(), x)
+                          for x, y in zip(images, noisy)]
                 gains[row, column] = np.mean(values) - np.mean(baseline)
         print(f"sigma {255 * sigma:g}: EB-PA {np.mean(baseline):.2f} dB; best gain {gains[:, column].max():+.3f} "
               f"with {grid[int(gains[:, column].argmax())]}", flush=True)

@@ -11,7 +11,6 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -224,7 +223,8 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     ``BAND_HQS_ITERATIONS`` for band models). The image stays in host
     memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. A band (conv) model
     (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole images (``boundary`` and
-    ``tile`` do not apply; a map sets the level of every lattice cell, see :func:`band_denoise`). Returns float64 numpy, unclipped.
+    ``tile`` do not apply; a map sets the level of every lattice cell, see :func:`band_denoise`).
+    Returns float64 numpy, unclipped.
     """
     import numpy as np
 
