@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.model import expert_log_density, time_from_sigma
 from gmdm_cli.noise import (QUIET_SELECTION_FROM, _argmin_refined, apply_calibration, estimate_global_sigma,
-                            response_histograms, window_energies)
+                            expert_mean_energies, response_histograms, window_energies)
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
@@ -56,10 +55,8 @@ def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
 
 def expert_curves(model, noisy: torch.Tensor) -> np.ndarray:
     """Every expert's mean energy over all patches at the levels of ``GRID``: ``(J, len(GRID))``."""
-    centres, weights = response_histograms(model, noisy[None, None])
-    with torch.no_grad():
-        return torch.stack([(-expert_log_density(model, centres[None], time_from_sigma(float(s)))[0] * weights).sum(1)
-                            for s in GRID]).T.numpy()
+    histograms = response_histograms(model, noisy[None, None])
+    return torch.stack([expert_mean_energies(model, histograms, float(s)) for s in GRID]).T.numpy()
 
 
 def calibrated(raw: np.ndarray, fit: np.ndarray) -> np.ndarray:

@@ -60,15 +60,22 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
     return centres, weights.view(-1, bins) / z.shape[1]
 
 
+def expert_mean_energies(model: PatchGMDM, histograms, sigma: float) -> torch.Tensor:
+    """``mean_i -log psi_j(<k_j, P_i y>, t)`` of every expert ``(J,)`` at ``t = sigma^2 / 2``, from
+    :func:`response_histograms`."""
+    centres, weights = histograms
+    with torch.no_grad():
+        return (-expert_log_density(model, centres[None], time_from_sigma(sigma))[0] * weights).sum(1)
+
+
 def mean_patch_energy(model: PatchGMDM, histograms, sigma: float, experts=None) -> float:
     """``mean_i -log f(P_i y, t)`` at ``t = sigma^2 / 2`` from :func:`response_histograms` (normalised); with
     ``experts`` (indices) the sum over those experts only, up to the constant ``log Z``."""
-    centres, weights = histograms
+    energies = expert_mean_energies(model, histograms, sigma)
+    if experts is not None:
+        return float(energies[list(experts)].sum())
     with torch.no_grad():
-        energies = -expert_log_density(model, centres[None], time_from_sigma(sigma))[0]  # (J, bins)
-        if experts is not None:
-            return float((weights * energies)[list(experts)].sum())
-        return float((weights * energies).sum() - model.log_normaliser())
+        return float(energies.sum() - model.log_normaliser())
 
 
 def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512, coarse: int = 14,
@@ -111,11 +118,8 @@ def expert_sigmas(model: PatchGMDM, histograms, levels: torch.Tensor | None = No
     """Every expert's own argmin ``(J,)``: the ``sigma`` of ``levels`` (default: 96 levels of
     :func:`sigma_levels`, refined by a parabola) that minimises the mean of ``-log psi_j`` over the image's
     responses. Content raises it; :func:`calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
-    centres, weights = histograms
     levels = sigma_levels(96) if levels is None else levels
-    with torch.no_grad():
-        energies = torch.stack([(-expert_log_density(model, centres[None], time_from_sigma(float(s)))[0] * weights)
-                                .sum(1) for s in levels])  # (K, J)
+    energies = torch.stack([expert_mean_energies(model, histograms, float(s)) for s in levels])  # (K, J)
     return _argmin_refined(energies, levels.to(energies.dtype))
 
 
@@ -309,15 +313,17 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS) -> dict[str, float]:
+def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
+                      histograms=None) -> dict[str, float]:
     """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image, from one
     set of response histograms: ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4),
     ``"quiet"`` the same over the experts content raises least (the model's calibration's choice,
-    :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one."""
+    :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one.
+    ``histograms``: the image's :func:`response_histograms` when already computed."""
     unknown = [estimator for estimator in estimators if estimator not in RAW_ESTIMATORS]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(RAW_ESTIMATORS)})")
-    histograms = _histograms(model, image)
+    histograms = _histograms(model, image) if histograms is None else histograms
     found = {}
     if "mean-energy" in estimators or "flat" in estimators:
         found["mean-energy"] = histogram_argmin(model, histograms)
@@ -402,8 +408,6 @@ def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int
     RGB channel. Estimates go through the model's calibration of each estimator when its checkpoint carries
     one; the map (:func:`estimate_noise_map`, ``window`` and ``opening``) through its ``"map"`` calibration.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
     tensor, gain = _intensity(model, image)
     sigma, flat = estimate_global_noise(model, tensor, estimator)
     if not noise_map:
@@ -464,11 +468,11 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
         for image in images:
             noisy = image + sigma / 255 * rng.standard_normal(image.shape)
             tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
-            found = raw_global_sigmas(model, tensor, global_ones) if global_ones else {}
+            histograms = _histograms(model, tensor)
+            found = raw_global_sigmas(model, tensor, global_ones, histograms) if global_ones else {}
             if "map" in estimators:
                 found["map"] = float(estimate_sigma_map(model, tensor).median())
             if "quiet" in estimators:
-                histograms = _histograms(model, tensor)
                 kept_histograms[-1].append(histograms)
                 if sigma >= QUIET_SELECTION_FROM:  # argmins searched from half to twice the true level
                     levels = torch.logspace(math.log10(sigma / 510), math.log10(sigma / 127.5), 32, dtype=torch.float64)
