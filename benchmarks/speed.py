@@ -121,8 +121,9 @@ def child_reference(name: str, size: str, repeats: int) -> dict:
 
 
 def direct_dsm_loss(model, clean, sigma, noise):
-    """Eq. 4 the direct way: the energy ``-sum_j log psi_j`` through one (B, J, L) log-sum-exp, its gradient
-    by autograd (``create_graph``), the loss's gradient by autograd through that graph."""
+    """Eq. 4 (the norm of each patch's residual, ``dsm_loss``'s default) the direct way: the energy
+    ``-sum_j log psi_j`` through one (B, J, L) log-sum-exp, its gradient by autograd (``create_graph``), the
+    loss's gradient by autograd through that graph."""
     import math
 
     import torch
@@ -135,7 +136,7 @@ def direct_dsm_loss(model, clean, sigma, noise):
     terms = log_weights - (z[..., None] - model.means) ** 2 / (2 * variances[..., None])
     log_density = (torch.logsumexp(terms, -1) - 0.5 * torch.log(2 * math.pi * variances)).sum()
     score = torch.autograd.grad(log_density, noisy, create_graph=True)[0]
-    return (noisy + sigma[:, None] ** 2 * score - clean).pow(2).mean()
+    return (noisy + sigma[:, None] ** 2 * score - clean).pow(2).sum(1).sqrt().mean()
 
 
 def child_training(patch_size: int, direct: bool, device: str, steps: int) -> dict:

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="7x7")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", type=int, default=8, help="every (400 / N)-th training image")
-    parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels")
+    parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels (0: whole images)")
     parser.add_argument("--sigmas", default="15,25,50,100")
     parser.add_argument("--iterations", default="6")
     parser.add_argument("--starts", default="1,0.5")
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     images = []
     for path in paths:
         image = read_image(path)[0]
+        if args.crop <= 0:
+            images.append(image)
+            continue
         top, left = (image.shape[0] - args.crop) // 2, (image.shape[1] - args.crop) // 2
         images.append(image[top:top + args.crop, left:left + args.crop])
     sigmas = [float(s) / 255 for s in args.sigmas.split(",")]
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
                 gains[row, column] = np.mean(values) - np.mean(baseline)
         print(f"sigma {255 * sigma:g}: EB-PA {np.mean(baseline):.2f} dB; best gain {gains[:, column].max():+.3f} "
               f"with {grid[int(gains[:, column].argmax())]}", flush=True)
-    print(f"\n{len(images)} crops of {args.crop}x{args.crop} from {args.data}, {time.perf_counter() - started:.0f} s")
+    what = "whole images" if args.crop <= 0 else f"crops of {args.crop}x{args.crop}"
+    print(f"\n{len(images)} {what} from {args.data}, {time.perf_counter() - started:.0f} s")
     print("iterations  start  end        data_weight  " + "  ".join(f"s={255 * s:<5g}" for s in sigmas) + "  mean")
     for row in np.argsort(-gains.mean(1)):
         iterations, start, end, weight = grid[row]

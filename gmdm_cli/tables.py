@@ -93,7 +93,7 @@ class ExpertTable:
         torch.addcmul(self.shift.view(-1, 1, 1), flat, self.scale.view(-1, 1, 1), out=grid[..., 0])
         value = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
         value = value.view(num_filters, *z.shape[:1], *z.shape[2:]).movedim(0, 1)
-        low, high = torch.aminmax(flat[:, 0], dim=1)
+        low, high = flat[:, 0].amin(1), flat[:, 0].amax(1)  # on the CPU ~7x faster than aminmax(dim=1)
         if bool(((low < self.low.to(low)) | (high > self.high.to(high))).any()):
             shape = (1, -1) + (1,) * (z.dim() - 2)
             outside = torch.nonzero((z < self.low.to(z).view(shape)) | (z > self.high.to(z).view(shape)), as_tuple=True)
