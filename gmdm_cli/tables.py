@@ -88,8 +88,7 @@ class ExpertTable:
         num_filters = z.shape[1]
         z = z.detach()  # tables are not differentiable
         flat = z.movedim(1, 0).reshape(num_filters, 1, -1)  # (J, 1, M); a view when z has one image
-        grid = flat.new_empty(num_filters, 1, flat.shape[2], 2)
-        grid[..., 1] = 0  # one-row tables: only the first coordinate varies
+        grid = flat.new_zeros(num_filters, 1, flat.shape[2], 2)  # one-row tables: only the first coordinate varies
         torch.addcmul(self.shift.view(-1, 1, 1), flat, self.scale.view(-1, 1, 1), out=grid[..., 0])
         value = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
         value = value.view(num_filters, *z.shape[:1], *z.shape[2:]).movedim(0, 1)
