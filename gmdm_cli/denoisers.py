@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .band_model import BandGMDM, band_denoise
-from .model import PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum, row_strips, time_from_sigma
-from .tables import expert_table
+from .model import (PatchGMDM, image_patch_scores, image_responses, map_strip_blocks, patch_counts, patch_sum,
+                    time_from_sigma)
+from .tables import ExpertTable, expert_table
 from .tiling import automatic_tile, tiled
 
 
@@ -53,12 +54,12 @@ def _prepare(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str):
     return padded, sigma, (slice(pad, pad + height), slice(pad, pad + width))
 
 
-def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, exact: bool) -> torch.Tensor:
-    """Expert scores of every patch, ``(N, J, H-b+1, W-b+1)``: tabulated for one ``t`` unless ``exact``;
-    per-patch times always use the exact mixtures."""
-    if exact or t.dim() > 0:
+def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, table: ExpertTable | None) -> torch.Tensor:
+    """Expert scores of every patch, ``(N, J, H-b+1, W-b+1)``: read from ``table`` (one ``t``), else exact
+    (also per-patch times)."""
+    if table is None:
         return image_patch_scores(model, batch, t)
-    return expert_table(model, float(t)).score(image_responses(model, batch))
+    return table.score(image_responses(model, batch))
 
 
 def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
@@ -70,21 +71,31 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     by ``2t`` it is the patch-averaged score of HQS and Langevin sampling. Computed in tiles of
     ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
     model's device with the same result; ``images`` may stay on another device. Within a tile, the patch
-    sums of strips of rows are added up in place (:func:`~gmdm_cli.model.row_strips`); the result does not depend on it.
+    sums of strips of rows are added up in place, blocks of strips on the CPU's threads
+    (:func:`~gmdm_cli.model.map_strip_blocks`); the result does not depend on it beyond rounding.
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
-    def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        summed = torch.zeros_like(x)
-        for top, bottom, strip in row_strips(model, x):
+    def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, block) -> tuple[int, torch.Tensor]:
+        first = block[0][0]
+        summed = x.new_zeros(*x.shape[:-2], block[-1][1] - first + b - 1, x.shape[-1])
+        for top, bottom, strip in block:
             if times.dim() == 0:
-                scores = _patch_scores(model, strip, times, exact)
+                scores = _patch_scores(model, strip, times, table)
             else:
                 strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
-                scores = _patch_scores(model, strip, strip_times, exact).mul_(2 * strip_times)
-            summed[..., top:bottom + b - 1, :] += patch_sum(model, scores)
+                scores = _patch_scores(model, strip, strip_times, None).mul_(2 * strip_times)
+            summed[..., top - first:bottom - first + b - 1, :] += patch_sum(model, scores)
+        return first, summed
+
+    def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        # tabulated experts for one t unless exact (built here, before the workers share them)
+        table = None if exact or times.dim() > 0 else expert_table(model, float(times))
+        summed = torch.zeros_like(x)
+        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, block)):
+            summed[..., first:first + part.shape[-2], :] += part
         summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores
         return summed.mul_(2 * times) if times.dim() == 0 else summed

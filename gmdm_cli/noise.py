@@ -34,7 +34,7 @@ import math
 import torch
 
 from .band_model import BandGMDM, band_coefficients
-from .model import PatchGMDM, expert_log_density, image_responses, row_strips, time_from_sigma
+from .model import PatchGMDM, expert_log_density, image_responses, map_strip_blocks, time_from_sigma
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
@@ -45,7 +45,8 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
     Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
     """
     with torch.no_grad():
-        z = torch.cat([z.movedim(1, 0).reshape(model.num_filters, -1) for _, _, z in _site_strips(model, images)], 1)
+        flat = _map_site_strips(model, images, lambda top, bottom, z: z.movedim(1, 0).reshape(model.num_filters, -1))
+        z = torch.cat(flat, 1)
     low, high = z.min(1, keepdim=True).values, z.max(1, keepdim=True).values
     step = (high - low).clamp_min(1e-12) / (bins - 1)
     position = (z - low) / step
@@ -175,17 +176,20 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
 def patch_energies(model: PatchGMDM | BandGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """``-log f(P_i y, sigma_k^2 / 2)`` of every site at every level (tabulated experts, up to the constant
     ``log Z``): ``(K, H-b+1, W-b+1)`` for a patch model's patches, ``(K, H/M, W/M)`` for a band model's lattice
-    sites (the sum over its modelled bands); sites as :func:`_site_strips` yields them."""
+    sites (the sum over its modelled bands); sites as :func:`_map_site_strips` gives them."""
     from .tables import expert_table
 
     images = (image if image.dim() == 4 else image[None, None]).to(model.logits.dtype)
     tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
     rows, columns, _, _ = site_grid(model, images.shape[-2:])
     energies = images.new_empty(len(tables), rows, columns)
+
+    def strip_energies(top: int, bottom: int, z: torch.Tensor) -> None:
+        for level, table in enumerate(tables):
+            energies[level, top:bottom] = table.energy(z).sum(1)[0]
+
     with torch.no_grad():
-        for top, bottom, z in _site_strips(model, images):
-            for level, table in enumerate(tables):
-                energies[level, top:bottom] = table.energy(z).sum(1)[0]
+        _map_site_strips(model, images, strip_energies)
     return energies
 
 
@@ -204,17 +208,18 @@ def site_grid(model: PatchGMDM | BandGMDM, shape) -> tuple[int, int, int, int]:
     return height - b + 1, width - b + 1, b, 1
 
 
-def _site_strips(model: PatchGMDM | BandGMDM, images: torch.Tensor):
-    """Yield ``(top, bottom, z)``: the expert inputs ``z`` ``(1, J, rows, w)`` of the sites in rows ``top:bottom``
-    of :func:`site_grid`: a patch model's responses in strips of rows (:func:`~gmdm_cli.model.row_strips`), or
-    a band model's coefficients of its modelled bands, all at once (the image cropped to multiples of ``M``)."""
+def _map_site_strips(model: PatchGMDM | BandGMDM, images: torch.Tensor, function) -> list:
+    """``[function(top, bottom, z), ...]`` over the strips of sites in order, ``z`` ``(1, J, rows, w)`` being the
+    expert inputs of the sites in rows ``top:bottom`` of :func:`site_grid`: a patch model's responses in strips
+    of rows, blocks of strips on the CPU's threads (:func:`~gmdm_cli.model.map_strip_blocks`), or a band
+    model's coefficients of its modelled bands, all at once (the image cropped to multiples of ``M``)."""
     rows, columns, _, _ = site_grid(model, images.shape[-2:])
     if isinstance(model, BandGMDM):
         m = model.bands
-        yield 0, rows, band_coefficients(model, images[..., :rows * m, :columns * m])[:, 1:]
-        return
-    for top, bottom, strip in row_strips(model, images):
-        yield top, bottom, image_responses(model, strip)
+        return [function(0, rows, band_coefficients(model, images[..., :rows * m, :columns * m])[:, 1:])]
+    blocks = map_strip_blocks(model, images, lambda block: [function(top, bottom, image_responses(model, strip))
+                                                            for top, bottom, strip in block])
+    return [result for block in blocks for result in block]
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

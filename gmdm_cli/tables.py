@@ -10,8 +10,9 @@ linearly there: the interpolation error of a function with second derivative ``f
 (``1 / sigma_j`` for the score). Responses off the grid are rare (it spans the
 means plus ``margin`` standard deviations); they are evaluated exactly.
 
-The ``(J, G)`` tables are read with one ``grid_sample`` call (expert ``j`` is batch item ``j``), a single
-fused pass over the responses on CPU and CUDA instead of ``L`` exponentials per response.
+The ``(J, G)`` tables are read by two gathers (the value at the point left of each response and the step to
+the next) and an interpolation, a few passes over the responses on CPU and CUDA instead of ``L`` exponentials
+per response.
 :func:`expert_table` keeps the tables of recent ``(model, t)`` pairs, so denoising many images at one noise
 level builds them once.
 """
@@ -23,7 +24,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 
 from .model import PatchGMDM
 
@@ -57,13 +57,19 @@ class ExpertTable:
         s, left, h = position - left, left + offsets[:, None], spacing[:, None]
         basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
 
-        def hermite(values: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-            parts = (values[left], slopes[left], values[left + 1], slopes[left + 1])
-            return sum(w * p for w, p in zip(basis, parts)).to(dtype)[:, None, None, :]
+        def hermite(values: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """The resampled table, flat ``(J G,)``, and the step from each point to the next (the last
+            repeated, so that a position on the last point needs no special case)."""
+            table = sum(w * p for w, p in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
+            steps = table.diff(dim=1)
+            return table.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1)
 
         self.energies, self.scores = hermite(energies, -scores), hermite(scores, curvatures)
-        # grid_sample's normalised coordinate: -1 at low_j, +1 at high_j
-        self.scale, self.shift = (2 / width).to(dtype), (-1 - 2 * self.low / width).to(dtype)
+        # position on expert j's grid: 0 at low_j, G - 1 at high_j; expert j's points start at j G
+        self.points = points
+        self.scale, self.shift = ((points - 1) / width).to(dtype)[:, None], (-self.low * (points - 1) / width).to(dtype)[:, None]
+        index_dtype = torch.int32 if len(counts) * points < 2**31 else torch.int64
+        self.offsets = (torch.arange(len(counts), device=std.device) * points).to(index_dtype)[:, None]
 
     def _exact(self, z: torch.Tensor, owner: torch.Tensor, derivatives: bool = False) -> tuple[torch.Tensor, ...]:
         """Exact ``-log psi_j(z)`` and ``d/dz log psi_j(z)`` in float64 for responses ``z`` ``(m,)`` of the
@@ -83,16 +89,21 @@ class ExpertTable:
         results = (energies, scores, curvatures) if derivatives else (energies, scores)
         return tuple(torch.cat(r) if r else z.new_zeros(0, dtype=torch.float64) for r in results)
 
-    def _lookup(self, table: torch.Tensor, z: torch.Tensor, which: int) -> torch.Tensor:
-        """Interpolate ``table`` at responses ``z`` (filter index in dimension 1); exact off the grid."""
+    def _lookup(self, table: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor, which: int) -> torch.Tensor:
+        """Interpolate ``table`` (values and steps) linearly at responses ``z`` (filter index in dimension 1);
+        exact off the grid. Two gathers and a handful of element-wise passes (on the CPU 1.5x as fast as
+        ``grid_sample`` on a one-row table per expert, which computes and checks a second coordinate)."""
+        values, steps = table
         num_filters = z.shape[1]
         z = z.detach()  # tables are not differentiable
-        flat = z.movedim(1, 0).reshape(num_filters, 1, -1)  # (J, 1, M); a view when z has one image
-        grid = flat.new_zeros(num_filters, 1, flat.shape[2], 2)  # one-row tables: only the first coordinate varies
-        torch.addcmul(self.shift.view(-1, 1, 1), flat, self.scale.view(-1, 1, 1), out=grid[..., 0])
-        value = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        flat = z.movedim(1, 0).reshape(num_filters, -1).contiguous()  # (J, M); a view when z has one image
+        position = (flat * self.scale).add_(self.shift)
+        index = position.to(self.offsets.dtype).clamp_(0, self.points - 1)  # truncation: the floor on the grid
+        fraction = position.frac_()
+        index = index.add_(self.offsets).view(-1)
+        value = values.index_select(0, index).addcmul_(fraction.view(-1), steps.index_select(0, index))
         value = value.view(num_filters, *z.shape[:1], *z.shape[2:]).movedim(0, 1)
-        low, high = flat[:, 0].amin(1), flat[:, 0].amax(1)  # on the CPU ~7x faster than aminmax(dim=1)
+        low, high = flat.amin(1), flat.amax(1)  # on the CPU ~7x faster than aminmax(dim=1)
         if bool(((low < self.low.to(low)) | (high > self.high.to(high))).any()):
             shape = (1, -1) + (1,) * (z.dim() - 2)
             outside = torch.nonzero((z < self.low.to(z).view(shape)) | (z > self.high.to(z).view(shape)), as_tuple=True)
@@ -111,7 +122,7 @@ class ExpertTable:
     @property
     def size(self) -> int:
         """Number of tabulated points over all experts."""
-        return self.scores.numel()
+        return self.scores[0].numel()
 
 
 _CACHE_SIZE = 64

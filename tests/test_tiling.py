@@ -1,14 +1,18 @@
 """Tiled computation equals the whole-image computation."""
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from conftest import random_model
 from gmdm_cli.checkpoint import load_model
+from gmdm_cli import denoisers as gmdm_denoisers
 from gmdm_cli import model as gmdm_model
 from gmdm_cli.denoisers import ebpa, hqs
 from gmdm_cli.model import STRIP_VALUES, patch_counts, strip_rows
+from gmdm_cli.noise import patch_energies, sigma_levels
 from gmdm_cli.tiling import automatic_tile, tiled
 
 
@@ -54,6 +58,53 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
             for a, b in zip(strips, whole):
                 assert torch.allclose(a, b, atol=1e-13, rtol=0)
     assert rows_seen == [28, 28, 1, 1, 4, 4, 5, 5, 27, 27]
+
+
+def test_blocks_of_strips_on_worker_threads_equal_one_thread(monkeypatch):
+    model = random_model(patch_size=3, num_components=21, seed=67)
+    image = torch.rand(1, 1, 40, 23, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
+    sigma_map = 0.02 + 0.1 * torch.rand(1, 1, 38, 21, generator=torch.Generator().manual_seed(69), dtype=torch.float64)
+    monkeypatch.setattr(gmdm_model, "strip_rows", lambda *args: 4)  # 10 strips
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    grad_modes = []  # the gradient mode in which each strip's patch sum ran
+
+    def patch_sum(*args):
+        grad_modes.append(torch.is_grad_enabled())
+        return gmdm_model.patch_sum(*args)
+
+    monkeypatch.setattr(gmdm_denoisers, "patch_sum", patch_sum)
+
+    def run():
+        grad_modes.clear()
+        with torch.no_grad():
+            results = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0),
+                       ebpa(model, image, 0.1, tile=0), patch_energies(model, image[0, 0], sigma_levels(6))]
+        x = image.clone().requires_grad_()
+        ebpa(model, x, 0.1, exact=True, tile=0).square().sum().backward()  # autograd through the workers
+        assert grad_modes == [False] * 30 + [True] * 10
+        return results + [x.grad]
+
+    def default_of_a_new_thread() -> int:
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)
+        several = run()
+        assert sum(t.name.startswith("gmdm-strips") for t in threading.enumerate()) >= 3
+        # the workers' one-thread setting stays theirs; the caller's settings are restored
+        assert torch.get_num_threads() == 3 and default_of_a_new_thread() == 3
+        assert torch.backends.mkldnn.enabled == mkldnn
+    finally:
+        torch.set_num_threads(threads)
+    assert one[-1].abs().max() > 0
+    for a, b in zip(one, several):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
 
 
 def test_strips_stay_within_the_budget_on_the_cpu():
