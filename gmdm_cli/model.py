@@ -25,9 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-# Largest number of (response, component) pairs evaluated at once; bounds the memory of
-# the (..., L) mixture tensor for whole images (about 64 MB in float32).
-_CHUNK_ELEMENTS = 1 << 24
+# Largest number of (response, component) pairs evaluated at once (8 MiB in float32): bounds the memory of
+# the (..., L) mixture tensor, and keeps its passes (logits, softmax, moments) in cache. Measured on 2 threads
+# against 1 << 24: a training step (batch 3200) 0.119 -> 0.092 s (7x7), 0.395 -> 0.352 s (15x15); exact
+# EB-PA 7x7 of a 481x321 image 4.6 -> 2.5 s.
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def time_from_sigma(sigma):
