@@ -286,18 +286,20 @@ def row_strips(model: PatchGMDM, images: torch.Tensor):
         yield top, bottom, images[..., top:bottom + b - 1, :]
 
 
-_workers: dict[str, ThreadPoolExecutor | int | None] = {"pool": None, "size": 0}
-_workers_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _worker_pool(size: int) -> ThreadPoolExecutor:
     """The process's pool of at least ``size`` worker threads for :func:`map_strip_blocks` (created on first use)."""
-    with _workers_lock:
-        if _workers["size"] < size:
-            if _workers["pool"] is not None:
-                _workers["pool"].shutdown(wait=False)
-            _workers["pool"], _workers["size"] = ThreadPoolExecutor(size, thread_name_prefix="gmdm-strips"), size
-        return _workers["pool"]
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool_size < size:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(size, thread_name_prefix="gmdm-strips"), size
+        return _pool
 
 
 def map_strip_blocks(model: PatchGMDM, images: torch.Tensor, function) -> list:

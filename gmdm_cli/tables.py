@@ -67,7 +67,8 @@ class ExpertTable:
         self.energies, self.scores = hermite(energies, -scores), hermite(scores, curvatures)
         # position on expert j's grid: 0 at low_j, G - 1 at high_j; expert j's points start at j G
         self.points = points
-        self.scale, self.shift = ((points - 1) / width).to(dtype)[:, None], (-self.low * (points - 1) / width).to(dtype)[:, None]
+        self.scale = ((points - 1) / width).to(dtype)[:, None]
+        self.shift = (-self.low * (points - 1) / width).to(dtype)[:, None]
         index_dtype = torch.int32 if len(counts) * points < 2**31 else torch.int64
         self.offsets = (torch.arange(len(counts), device=std.device) * points).to(index_dtype)[:, None]
 
