@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py --threads 2 --markdown benchmarks/results/speed.md
     python benchmarks/speed.py --threads 2 --huge        # + a 50-Mpixel image through `gmdm denoise`
+    python benchmarks/speed.py --devices cuda --threads 16 --markdown benchmarks/results/speed-cuda.md
 
 Every measurement runs in a fresh subprocess (so that its peak resident memory is its own) with the given
 number of torch threads:
@@ -235,10 +236,17 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-12mp", action="store_true", help="only the 481x321 image")
     parser.add_argument("--huge", action="store_true", help="also a 50-Mpixel image through the CLI")
     parser.add_argument("--model15", default="15x15", help="the 15x15 model (name or checkpoint path)")
+    parser.add_argument("--devices", choices=("all", "cpu", "cuda"), default="all",
+                        help="measure on the CPU, on CUDA, or on both (all: CUDA where present); the reference "
+                             "denoisers and the CPU/CUDA comparison need the CPU")
     parser.add_argument("--markdown", type=Path, help="also write the results as markdown here")
     args = parser.parse_args(argv)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.devices != "all":
+        if args.devices not in devices:
+            raise SystemExit(f"--devices {args.devices}: no CUDA device")
+        devices = [args.devices]
     sizes = ["481x321"] + ([] if args.skip_12mp else ["12MP"])
     cpu = platform.processor() or platform.machine()
     lines = [f"# gmdm speed ({date.today()})", "",
@@ -266,7 +274,7 @@ def main(argv=None) -> int:
                     first = "-" if record["first"] is None else f"{record['first']:.3f}"
                     show(f"| {method} | {model_name}{record['note']} | {size} | {device} | {first} | "
                          f"{record['median']:.3f} | {record['psnr']:.2f} | {record['rss']:.0f} |")
-        for name in ("nl_means", "bm3d"):
+        for name in ("nl_means", "bm3d") if "cpu" in devices else ():
             if name == "bm3d":
                 import importlib.util
 
@@ -280,7 +288,7 @@ def main(argv=None) -> int:
             ratio = record["median"] / timings["ebpa", "7x7", size, "cpu"]
             show(f"| {name} | - | {size} | cpu | - | {record['median']:.3f} ({ratio:.0f}x EB-PA 7x7) | "
                  f"{record['psnr']:.2f} | {record['rss']:.0f} |")
-    if "cuda" in devices:
+    if devices == ["cpu", "cuda"]:
         import numpy as np
 
         show()

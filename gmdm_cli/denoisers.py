@@ -254,13 +254,14 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
         if np.ndim(sigma) == 2 and np.shape(sigma) != image.shape[:2]:
             raise ValueError(f"noise map of shape {np.shape(sigma)} does not match the image {image.shape[:2]}")
         if isinstance(model, BandGMDM):
-            def band_channel(k: int) -> torch.Tensor:
-                level = torch.as_tensor(sigma * gains[k], dtype=dtype)
+            def band_channel(k: int) -> torch.Tensor:  # the whole channel on the model's device
+                device = model.logits.device
+                level = torch.as_tensor(sigma * gains[k], dtype=dtype, device=device)
                 if method == "ebpa":
-                    return band_denoise(model, stack[k, 0], level)
+                    return band_denoise(model, stack[k, 0].to(device), level).cpu()
                 scale = float(level) if level.dim() == 0 else 1.0  # maps: the schedule for sigma = 1
-                return band_hqs(model, stack[k, 0], level, hqs_schedule(scale, iterations, BAND_HQS_START,
-                                                                        BAND_HQS_END))
+                return band_hqs(model, stack[k, 0].to(device), level,
+                                hqs_schedule(scale, iterations, BAND_HQS_START, BAND_HQS_END)).cpu()
 
             result = torch.stack([band_channel(k)[None] for k in range(len(gains))])
         elif np.ndim(sigma) == 2:

@@ -223,7 +223,9 @@ def _map_site_strips(model: PatchGMDM | BandGMDM, images: torch.Tensor, function
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Argmin over dimension 0 with a parabola through the neighbours (on the level index)."""
+    """Argmin over dimension 0 with a parabola through the neighbours (on the level index); on ``values``'
+    device, in its dtype."""
+    levels = levels.to(device=values.device, dtype=values.dtype)
     count = values.shape[0]
     best = values.argmin(0).clamp(1, count - 2)
     left, centre, right = (values.gather(0, (best + d)[None])[0] for d in (-1, 0, 1))

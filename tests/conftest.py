@@ -5,6 +5,9 @@ import torch
 from gmdm_cli.model import PatchGMDM
 from gmdm_cli.projection import orthogonal_projection
 
+# parametrize a test over both devices; the CUDA case is skipped where no CUDA device exists
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
 
 def random_model(patch_size=3, num_components=15, dtype=torch.float64, seed=0, gamma=1.0):
     """A small model with random orthogonal filters and random (non-uniform) weights."""

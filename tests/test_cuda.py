@@ -32,8 +32,9 @@ def test_denoising_agrees_within_1e4(noisy, name, method):
         assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_noise_estimates_agree(noisy):
-    cpu, cuda = load_model("7x7"), load_model("7x7", device="cuda")
+@pytest.mark.parametrize("name", ["7x7", "conv"])
+def test_noise_estimates_agree(noisy, name):
+    cpu, cuda = load_model(name), load_model(name, device="cuda")
     sigma_cpu, map_cpu = estimate_noise(cpu, noisy, noise_map=True)
     sigma_cuda, map_cuda = estimate_noise(cuda, noisy, noise_map=True)
     assert abs(sigma_cpu - sigma_cuda) <= 1e-4

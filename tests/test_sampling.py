@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import DEVICES, random_model
 from gmdm_cli.sampling import langevin_schedule, patch_covariance, sample_image, sample_patches
 
 
@@ -14,11 +14,14 @@ def _mixture_cdf(z, weights, means, std):
     return sum(w * 0.5 * (1 + math.erf((z - m) / (std * math.sqrt(2)))) for w, m in zip(weights, means))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sigma", [0.0, 0.1])
-def test_sampled_responses_follow_the_experts(sigma):
+def test_sampled_responses_follow_the_experts(sigma, device):
     """Kolmogorov-Smirnov: <k_j, sample> ~ psi_j(., t) for a few experts (seeded, n = 4000)."""
     model = random_model(patch_size=3, num_components=15, seed=30)
-    samples = sample_patches(model, 4000, sigma, torch.Generator().manual_seed(31)).reshape(4000, 9)
+    generator = torch.Generator(device).manual_seed(31)
+    samples = sample_patches(model.to(device), 4000, sigma, generator).cpu().reshape(4000, 9)
+    model = model.cpu()
     weights = torch.softmax(model.logits, 1).detach().numpy()
     means = model.means.numpy()
     std = model.expert_variances(sigma**2 / 2).detach().sqrt().numpy()

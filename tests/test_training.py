@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import DEVICES, random_model
 from gmdm_cli.checkpoint import read_checkpoint
 from gmdm_cli.model import _log_mixture
 from gmdm_cli.training import (
@@ -41,10 +41,11 @@ def _write_images(folder, images):
     return folder
 
 
-def test_sampled_patches_are_transformed_crops_of_the_images():
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampled_patches_are_transformed_crops_of_the_images(device):
     images = _synthetic_images()
-    sampler = PatchSampler(images, 4)
-    patches = sampler.sample(200, torch.Generator().manual_seed(0)).numpy().reshape(-1, 4, 4)
+    sampler = PatchSampler(images, 4, device)
+    patches = sampler.sample(200, torch.Generator(device).manual_seed(0)).cpu().numpy().reshape(-1, 4, 4)
     crops = {image[r:r + 4, c:c + 4].tobytes() for image in images
              for r in range(image.shape[0] - 3) for c in range(image.shape[1] - 3)}
     for patch in patches:
@@ -53,7 +54,8 @@ def test_sampled_patches_are_transformed_crops_of_the_images():
         assert any(np.ascontiguousarray(v).tobytes() in crops for v in variants)
     # all 8 orientations occur: a horizontal ramp appears both as rows and as columns
     ramp = np.tile(np.linspace(0, 1, 30, dtype=np.float32), (30, 1))
-    ramp_patches = PatchSampler([ramp], 3).sample(400, torch.Generator().manual_seed(1)).numpy().reshape(-1, 3, 3)
+    ramp_patches = PatchSampler([ramp], 3, device).sample(400, torch.Generator(device).manual_seed(1))
+    ramp_patches = ramp_patches.cpu().numpy().reshape(-1, 3, 3)
     row_varying = np.abs(np.diff(ramp_patches, axis=2)).mean() > 0.01
     column_varying = np.abs(np.diff(ramp_patches, axis=1)).mean() > 0.01
     assert row_varying and column_varying
@@ -88,10 +90,11 @@ def test_dsm_gradients_match_autograd(loss):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
-def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, device):
     folder = _write_images(tmp_path / "images", _synthetic_images())
     config = TrainingConfig(patch_size=3, steps=60, batch_size=256, learning_rate=1e-2, final_learning_rate=1e-4)
-    straight = run_training(config, [folder], tmp_path / "straight.pt", progress=False, checkpoint_every=20)
+    straight = run_training(config, [folder], tmp_path / "straight.pt", device, progress=False, checkpoint_every=20)
     assert straight["final_loss"] < 0.9 * _initial_loss(config, folder)
 
     from gmdm_cli.training import Trainer
@@ -105,10 +108,10 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_30)
     with pytest.raises(KeyboardInterrupt):
-        run_training(config, [folder], tmp_path / "resumed.pt", progress=False, checkpoint_every=20)
+        run_training(config, [folder], tmp_path / "resumed.pt", device, progress=False, checkpoint_every=20)
     assert read_checkpoint(tmp_path / "resumed.pt")["training"]["step"] == 20
     monkeypatch.setattr(Trainer, "train_step", original_step)
-    resumed = run_training(config, [folder], tmp_path / "resumed.pt", resume=True, progress=False)
+    resumed = run_training(config, [folder], tmp_path / "resumed.pt", device, resume=True, progress=False)
     assert resumed["steps"] == 60
     a, b = read_checkpoint(tmp_path / "straight.pt"), read_checkpoint(tmp_path / "resumed.pt")
     assert torch.allclose(a["filters"], b["filters"], atol=1e-6)
