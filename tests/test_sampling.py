@@ -26,7 +26,7 @@ def test_sampled_responses_follow_the_experts(sigma, device):
     means = model.means.numpy()
     std = model.expert_variances(sigma**2 / 2).detach().sqrt().numpy()
     responses = (samples @ model.filters.detach().T).numpy()
-    critical = 1.63 / math.sqrt(4000)  # KS at the 1% level
+    critical = 1.95 / math.sqrt(4000)  # KS at the 0.1% level: 8 tests per device, each stream its own draws
     for j in range(0, 8, 2):
         z = np.sort(responses[:, j])
         cdf = np.array([_mixture_cdf(v, weights[j], means, std[j]) for v in z])
