@@ -256,14 +256,14 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
         if isinstance(model, BandGMDM):
             def band_channel(k: int) -> torch.Tensor:  # the whole channel on the model's device
                 device = model.logits.device
+                noisy = stack[k, 0].to(device)
                 level = torch.as_tensor(sigma * gains[k], dtype=dtype, device=device)
                 if method == "ebpa":
-                    return band_denoise(model, stack[k, 0].to(device), level).cpu()
+                    return band_denoise(model, noisy, level)
                 scale = float(level) if level.dim() == 0 else 1.0  # maps: the schedule for sigma = 1
-                return band_hqs(model, stack[k, 0].to(device), level,
-                                hqs_schedule(scale, iterations, BAND_HQS_START, BAND_HQS_END)).cpu()
+                return band_hqs(model, noisy, level, hqs_schedule(scale, iterations, BAND_HQS_START, BAND_HQS_END))
 
-            result = torch.stack([band_channel(k)[None] for k in range(len(gains))])
+            result = torch.stack([band_channel(k)[None].cpu() for k in range(len(gains))])
         elif np.ndim(sigma) == 2:
             if boundary != "valid":
                 raise ValueError("a per-pixel noise map works with boundary 'valid'")

@@ -121,7 +121,7 @@ def expert_sigmas(model: PatchGMDM, histograms, levels: torch.Tensor | None = No
     responses. Content raises it; :func:`calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
     levels = sigma_levels(96) if levels is None else levels
     energies = torch.stack([expert_mean_energies(model, histograms, float(s)) for s in levels])  # (K, J)
-    return _argmin_refined(energies, levels.to(energies.dtype))
+    return _argmin_refined(energies, levels)
 
 
 ESTIMATORS = ("auto", "flat", "quiet", "mean-energy")
@@ -285,7 +285,7 @@ def map_from_energies(model: PatchGMDM | BandGMDM, energies: torch.Tensor, level
     if pad > 0:
         padded = F.pad(energies[None], (pad,) * 4, mode="reflect")  # a box filter is separable: rows, then columns
         energies = F.avg_pool2d(F.avg_pool2d(padded, (2 * pad + 1, 1), stride=1), (1, 2 * pad + 1), stride=1)[0]
-    per_patch = _argmin_refined(energies, levels.to(energies.dtype))[None, None]  # (1, 1, h, w)
+    per_patch = _argmin_refined(energies, levels)[None, None]  # (1, 1, h, w)
     half = opening // 2
     if half > 0:  # square minimum and maximum filters, each as rows then columns
         size = 2 * half + 1
