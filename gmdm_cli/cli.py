@@ -131,7 +131,7 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
 
     Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
     """
-    from .training import run_training, TrainingConfig, TrainingDataError, TrainingSetupError
+    from .training import generator_device, run_training, TrainingConfig, TrainingDataError, TrainingSetupError
     from .checkpoint import CheckpointError, read_checkpoint, resolve_model_path
 
     if init_model is not None and resume:
@@ -159,12 +159,21 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
         config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
                                 learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
                                 sigma_max=sigma_max, seed=seed, loss=loss, model_type=model_type, bands=bands)
+        if resume and taken is not None and source("device").name == "DEFAULT":  # stay where the run was
+            import torch
+
+            recorded = generator_device(taken["training"]) if "training" in taken else "cpu"
+            device = recorded if recorded == "cpu" or torch.cuda.is_available() else "cpu"
         summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
                                checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
                                initial_name=init_model)
     except (TrainingDataError, TrainingSetupError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
     if summary["rank"] == 0:
+        if not summary["exact_resume"]:
+            click.echo(f"note: the run's random state belongs to another device type; from step "
+                       f"{taken['training']['step']} on {summary['device']} it draws other batches than an "
+                       f"uninterrupted run would", err=True)
         click.echo(f"saved {output}: {summary['steps']} steps, final loss {summary['final_loss']:.6g} "
                    f"(mean of the last {summary['loss_window']} steps), {summary['wall_seconds']:.0f} s "
                    f"on {summary['device']}", err=True)

@@ -25,11 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-# Largest number of (response, component) pairs evaluated at once (8 MiB in float32): bounds the memory of
-# the (..., L) mixture tensor, and keeps its passes (logits, softmax, moments) in cache. Measured on 2 threads
-# against 1 << 24: a training step (batch 3200) 0.119 -> 0.092 s (7x7), 0.395 -> 0.352 s (15x15); exact
-# EB-PA 7x7 of a 481x321 image 4.6 -> 2.5 s.
-_CHUNK_ELEMENTS = 1 << 21
+# Largest number of (response, component) pairs evaluated at once, by device type. On the CPU 2^21 (8 MiB in
+# float32) keeps the (..., L) mixture tensor's passes (logits, softmax, moments) in cache: measured on 2 threads
+# against 2^24, a training step (batch 3200) 0.119 -> 0.092 s (7x7), 0.395 -> 0.352 s (15x15); exact EB-PA 7x7
+# of a 481x321 image 4.6 -> 2.5 s. On a GPU, small chunks mean many small kernels per step (2^21 cuts a 15x15
+# batch of 3200 into 44 chunks); 2^27 (512 MiB per mixture tensor) takes it in one: a whole training step
+# 0.047 -> 0.015 s on an H100 (benchmarks/training_step.py, benchmarks/results/speed-cuda.md).
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 27}
 
 
 def time_from_sigma(sigma):
@@ -181,12 +183,13 @@ class _PosteriorMean(torch.autograd.Function):
 def _over_chunks(function, z: torch.Tensor, variances: torch.Tensor, num_components: int) -> torch.Tensor:
     """Apply ``function(z, v)`` on ``(J, m)`` slices of responses with the filter index in
     dimension 1 (``variances`` broadcasts against ``z``), so that no more than
-    ``_CHUNK_ELEMENTS`` mixture terms exist at once; result shaped like ``z``."""
+    ``_CHUNK_ELEMENTS`` (for ``z``'s device type) mixture terms exist at once; result shaped like ``z``."""
     shape = z.shape
     num_filters = shape[1]
     z_flat = z.movedim(1, 0).reshape(num_filters, -1)  # (J, M)
     v_flat = variances.expand(shape).movedim(1, 0).reshape(num_filters, -1)
-    chunk = max(1, _CHUNK_ELEMENTS // (num_filters * num_components))
+    elements = _CHUNK_ELEMENTS.get(z.device.type, _CHUNK_ELEMENTS["cpu"])
+    chunk = max(1, elements // (num_filters * num_components))
     parts = [function(z_flat[:, i:i + chunk], v_flat[:, i:i + chunk]) for i in range(0, z_flat.shape[1], chunk)]
     return torch.cat(parts, 1).view(num_filters, *shape[:1], *shape[2:]).movedim(0, 1)
 

@@ -234,13 +234,27 @@ class Trainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
             "config": dict(vars(self.config)),
         }
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict) -> bool:
+        """Take up ``state``; ``True`` if its random stream continues exactly. A generator's state is only
+        valid on its own device type, so a run taken up on another one draws from a fresh stream, seeded
+        from the seed and the step (deterministic, but not the batches an uninterrupted run would draw)."""
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        if generator_device(state) == self.device.type:
+            self.generator.set_state(state["generator"])
+            return True
+        self.generator.manual_seed(self.config.seed * 1_000_003 + self.step)
+        return False
+
+
+def generator_device(state: dict) -> str:
+    """The device type of a saved training state's random generator (older checkpoints do not record it:
+    a CPU generator's state is thousands of bytes, a CUDA one's 16)."""
+    return state.get("generator_device", "cpu" if state["generator"].numel() > 16 else "cuda")
 
 
 def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu", resume: bool = False,
@@ -300,9 +314,9 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     start = previous if previous is not None else initial
     model = model_from_checkpoint(start) if start is not None else None
     trainer = Trainer(config, sampler, device, model, rank, world_size)
-    elapsed = 0.0
+    elapsed, exact_resume = 0.0, True
     if previous is not None:
-        trainer.restore(previous["training"])
+        exact_resume = trainer.restore(previous["training"])
         elapsed = float(previous["metadata"].get("wall_seconds", 0.0))
     metadata = {
         "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({len(paths)} images)",
@@ -351,4 +365,4 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
             log.close()
     final_loss = save()
     return {"steps": trainer.step, "final_loss": final_loss, "loss_window": len(recent),
-            "wall_seconds": elapsed, "device": metadata["device"], "rank": rank}
+            "wall_seconds": elapsed, "device": metadata["device"], "rank": rank, "exact_resume": exact_resume}

@@ -120,6 +120,71 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
     assert (gram - torch.diag(torch.diag(gram))).abs().max() < 1e-5
 
 
+def test_a_run_taken_up_on_another_device_type_draws_a_fresh_deterministic_stream(tmp_path):
+    """A generator's state loads only on its own device type: a run whose state is from another one (here a
+    made-up CUDA state) continues from its step and optimiser on a stream seeded from seed and step, alike
+    through the library and the CLI, which says so."""
+    from click.testing import CliRunner
+
+    from gmdm_cli.cli import cli
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    config = TrainingConfig(patch_size=3, steps=20, batch_size=128)
+    run_training(config, [folder], tmp_path / "run.pt", "cpu", progress=False)
+    payload = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert payload["training"]["generator_device"] == "cpu"
+    payload["training"].update(generator_device="cuda", generator=torch.zeros(16, dtype=torch.uint8))
+    for name in ("library.pt", "cli.pt", "unmarked.pt"):
+        torch.save(payload, tmp_path / name)
+    config.steps = 30
+    summary = run_training(config, [folder], tmp_path / "library.pt", "cpu", resume=True, progress=False)
+    assert summary["steps"] == 30 and summary["exact_resume"] is False
+    result = CliRunner().invoke(cli, ["train", str(folder), "-o", str(tmp_path / "cli.pt"), "--steps", "30",
+                                      "--device", "cpu", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "note: the run's random state belongs to another device type; from step 20" in result.output
+    library, by_cli = read_checkpoint(tmp_path / "library.pt"), read_checkpoint(tmp_path / "cli.pt")
+    assert library["training"]["step"] == 30 and library["training"]["generator_device"] == "cpu"
+    assert torch.equal(library["filters"], by_cli["filters"]) and torch.equal(library["logits"], by_cli["logits"])
+    assert not torch.equal(library["filters"], payload["filters"])
+    del payload["training"]["generator_device"]  # older checkpoints: told apart by the state's size
+    torch.save(payload, tmp_path / "unmarked.pt")
+    run_training(config, [folder], tmp_path / "unmarked.pt", "cpu", resume=True, progress=False)
+    assert torch.equal(read_checkpoint(tmp_path / "unmarked.pt")["filters"], library["filters"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_without_device_continues_exactly_where_the_run_was(tmp_path, monkeypatch, device):
+    """``gmdm train --resume`` with the default ``--device auto`` continues on the device type the run's random
+    state belongs to (on a machine with a GPU, a CPU run stays on the CPU): the uninterrupted run's result."""
+    from click.testing import CliRunner
+
+    from gmdm_cli.cli import cli
+    from gmdm_cli.training import Trainer
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    config = TrainingConfig(patch_size=3, steps=30, batch_size=128, seed=2)
+    run_training(config, [folder], tmp_path / "straight.pt", device, progress=False)
+    original_step = Trainer.train_step
+
+    def crash_at_step_25(self):
+        if self.step == 25:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, [folder], tmp_path / "resumed.pt", device, progress=False, checkpoint_every=10)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    result = CliRunner().invoke(cli, ["train", str(folder), "-o", str(tmp_path / "resumed.pt"), "--steps", "30",
+                                      "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output and f"on {device}" in result.output
+    a, b = read_checkpoint(tmp_path / "straight.pt"), read_checkpoint(tmp_path / "resumed.pt")
+    assert torch.allclose(a["filters"], b["filters"], atol=1e-6)
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-6)
+
+
 def test_fine_tuning_starts_from_the_given_model_and_records_it(tmp_path):
     folder = _write_images(tmp_path / "images", _synthetic_images())
     base_config = TrainingConfig(patch_size=3, steps=40, batch_size=256, loss="squared")
