@@ -90,6 +90,23 @@ def test_dsm_gradients_match_autograd(loss):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
+def _interrupted_run(monkeypatch, stop_step, *args, **kwargs):
+    """``run_training(*args, **kwargs)`` stopped by a KeyboardInterrupt as it reaches step ``stop_step``."""
+    from gmdm_cli.training import Trainer
+
+    original_step = Trainer.train_step
+
+    def interrupt(self):
+        if self.step == stop_step:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(*args, progress=False, **kwargs)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, device):
     folder = _write_images(tmp_path / "images", _synthetic_images())
@@ -97,20 +114,8 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
     straight = run_training(config, [folder], tmp_path / "straight.pt", device, progress=False, checkpoint_every=20)
     assert straight["final_loss"] < 0.9 * _initial_loss(config, folder)
 
-    from gmdm_cli.training import Trainer
-
-    original_step = Trainer.train_step
-
-    def crash_at_step_30(self):
-        if self.step == 30:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_30)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(config, [folder], tmp_path / "resumed.pt", device, progress=False, checkpoint_every=20)
+    _interrupted_run(monkeypatch, 30, config, [folder], tmp_path / "resumed.pt", device, checkpoint_every=20)
     assert read_checkpoint(tmp_path / "resumed.pt")["training"]["step"] == 20
-    monkeypatch.setattr(Trainer, "train_step", original_step)
     resumed = run_training(config, [folder], tmp_path / "resumed.pt", device, resume=True, progress=False)
     assert resumed["steps"] == 60
     a, b = read_checkpoint(tmp_path / "straight.pt"), read_checkpoint(tmp_path / "resumed.pt")
@@ -160,22 +165,11 @@ def test_resume_without_device_continues_exactly_where_the_run_was(tmp_path, mon
     from click.testing import CliRunner
 
     from gmdm_cli.cli import cli
-    from gmdm_cli.training import Trainer
 
     folder = _write_images(tmp_path / "images", _synthetic_images())
     config = TrainingConfig(patch_size=3, steps=30, batch_size=128, seed=2)
     run_training(config, [folder], tmp_path / "straight.pt", device, progress=False)
-    original_step = Trainer.train_step
-
-    def crash_at_step_25(self):
-        if self.step == 25:
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_25)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(config, [folder], tmp_path / "resumed.pt", device, progress=False, checkpoint_every=10)
-    monkeypatch.setattr(Trainer, "train_step", original_step)
+    _interrupted_run(monkeypatch, 25, config, [folder], tmp_path / "resumed.pt", device, checkpoint_every=10)
     result = CliRunner().invoke(cli, ["train", str(folder), "-o", str(tmp_path / "resumed.pt"), "--steps", "30",
                                       "--resume"])
     assert result.exit_code == 0, result.output
