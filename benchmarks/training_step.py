@@ -19,7 +19,7 @@ from gmdm_cli.checkpoint import model_from_checkpoint, read_checkpoint, resolve_
 from gmdm_cli.projection import orthogonal_projection
 from gmdm_cli.training import PatchSampler, Trainer, TrainingConfig, find_images, load_training_images
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
 
 
 def seconds_per_call(function, repeats: int, device: torch.device) -> float:
@@ -37,7 +37,7 @@ def seconds_per_call(function, repeats: int, device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--data", type=Path, default=DATA, help="training images (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training images (default: %(default)s)")
     parser.add_argument("--model", default="15x15", help="model the steps start from")
     parser.add_argument("--batch-size", type=int, default=3200)
     parser.add_argument("--sigma-max", type=float, default=0.2)
