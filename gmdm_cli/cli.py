@@ -117,6 +117,9 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, patches and noise.")
 @click.option("--loss", type=click.Choice(["norm", "squared"]), default="norm", show_default=True,
               help="Eq. 4 as written (norm of each patch's residual) or its square.")
+@click.option("--optimizer", type=click.Choice(["adam", "ipalm"]), default="adam", show_default=True,
+              help="adam: Adam with a cosine learning-rate decay, then Algorithm 1; ipalm: the paper's iPALM "
+                   "(step sizes by backtracking, Algorithm 1 as the filters' proximal map; --learning-rate unused).")
 @click.option("--init", "init_model", metavar="MODEL",
               help="Start from this model (7x7, 15x15 or a checkpoint) with a fresh optimiser: fine-tuning.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
@@ -126,7 +129,7 @@ def cli():
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Append 'step loss seconds' lines to this file every 100 steps.")
 def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, learning_rate, sigma_max, seed, loss,
-          init_model, device, resume, checkpoint_every, log_path):
+          optimizer, init_model, device, resume, checkpoint_every, log_path):
     """Train a GMDM by denoising score matching on the images in IMAGE_DIRS.
 
     Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
@@ -158,7 +161,8 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
             raise click.UsageError("--bands goes with --model-type conv")
         config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
                                 learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
-                                sigma_max=sigma_max, seed=seed, loss=loss, model_type=model_type, bands=bands)
+                                sigma_max=sigma_max, seed=seed, loss=loss, optimizer=optimizer,
+                                model_type=model_type, bands=bands)
         if resume and taken is not None and source("device").name == "DEFAULT":  # stay where the run was
             import torch
 

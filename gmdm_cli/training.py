@@ -139,6 +139,7 @@ class TrainingConfig:
     projection_steps: int = 3
     seed: int = 0
     loss: str = "norm"
+    optimizer: str = "adam"  # "ipalm": the paper's optimiser (IPALM below)
     model_type: str = "patch"  # "conv": the band model of gmdm_cli.band_model, trained on patch_size crops
     bands: int = 8
 
@@ -166,8 +167,63 @@ def distributed_setup(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, device
 
 
+def _unconstrained(block: torch.Tensor) -> torch.Tensor:
+    return block
+
+
+class IPALM:
+    """iPALM (Pock and Sabach, 2016), the optimiser of the paper's Sec. 4.1. Each step takes the parameter blocks
+    in turn (the filters, then the weights' logits): an inertial point ``z = x + inertia (x - x_previous)``, a
+    gradient step ``1 / L`` from it on the batch's loss ``H``, then the block's proximal map (for the filters
+    Algorithm 1, the projection of Eq. 19; the logits have none). ``L`` is found by backtracking: halved at each
+    step, then doubled until ``H(x_new) <= H(z) + <grad H(z), x_new - z> + L / 2 ||x_new - z||^2``."""
+
+    MAX_DOUBLINGS = 60
+
+    def __init__(self, blocks: list[torch.Tensor], projections: list, inertia: float = 2**-0.5):
+        self.blocks, self.projections, self.inertia = blocks, projections, inertia
+        self.previous = [block.detach().clone() for block in blocks]
+        self.lipschitz = [1.0] * len(blocks)
+
+    def step(self, loss_function) -> float:
+        """Update every block for the batch that ``loss_function()`` evaluates; returns the loss at the first
+        inertial point."""
+        first = None
+        for i, (block, project) in enumerate(zip(self.blocks, self.projections)):
+            current = block.detach().clone()
+            with torch.no_grad():
+                block.add_(current - self.previous[i], alpha=self.inertia)
+            point = block.detach().clone()
+            value = loss_function()
+            gradient, = torch.autograd.grad(value, block)
+            value = value.item()
+            first = value if first is None else first
+            tolerance = 8 * torch.finfo(block.dtype).eps * abs(value)  # the loss's own rounding
+            self.lipschitz[i] /= 2
+            for _ in range(self.MAX_DOUBLINGS):
+                candidate = project(point - gradient / self.lipschitz[i])
+                change = candidate - point
+                with torch.no_grad():
+                    block.copy_(candidate)
+                    trial = loss_function().item()
+                bound = value + (gradient * change).sum().item() + self.lipschitz[i] / 2 * change.pow(2).sum().item()
+                if trial <= bound + tolerance:
+                    break
+                self.lipschitz[i] *= 2
+            self.previous[i] = current
+        return first
+
+    def state_dict(self) -> dict:
+        return {"previous": [block.clone() for block in self.previous], "lipschitz": list(self.lipschitz)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous = [saved.to(block) for saved, block in zip(state["previous"], self.blocks)]
+        self.lipschitz = [float(value) for value in state["lipschitz"]]
+
+
 class Trainer:
-    """State of a training run: model, Adam, RNG and step count; checkpointable at any step.
+    """State of a training run: model, optimiser (Adam or :class:`IPALM`), RNG and step count; checkpointable at
+    any step.
 
     With ``world_size > 1`` (a process group is initialised) this process trains on rows
     ``rank * B / N ... (rank + 1) * B / N`` of every global batch through ``DistributedDataParallel``.
@@ -175,6 +231,10 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig, sampler: PatchSampler, device="cpu",
                  model: PatchGMDM | None = None, rank: int = 0, world_size: int = 1):
+        if config.optimizer not in ("adam", "ipalm"):
+            raise TrainingSetupError(f"unknown optimizer {config.optimizer!r} (choose from adam, ipalm)")
+        if config.optimizer == "ipalm" and world_size > 1:
+            raise TrainingSetupError("--optimizer ipalm runs in one process (not under torchrun)")
         if config.batch_size % world_size:
             raise TrainingSetupError(f"--batch-size {config.batch_size} does not split evenly over "
                                      f"{world_size} processes")
@@ -199,19 +259,31 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        if config.optimizer == "ipalm" and isinstance(self.model, PatchGMDM):
+            self.optimizer = IPALM([self.model.filters, self.model.logits], [self._filter_projection, _unconstrained])
+        elif config.optimizer == "ipalm":
+            self.optimizer = IPALM([self.model.logits], [_unconstrained])
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.step = 0
 
+    def _filter_projection(self, filters: torch.Tensor) -> torch.Tensor:
+        return orthogonal_projection(filters, self.config.projection_steps)
+
     def train_step(self) -> float:
-        """One Adam update on a fresh batch, then Algorithm 1; returns the batch loss."""
+        """One update on a fresh batch (Adam then Algorithm 1, or one :class:`IPALM` step); returns the batch loss."""
         config = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.step)
         clean = self.sampler.sample(config.batch_size, self.generator)
         sigma = config.sigma_max * torch.rand(config.batch_size, generator=self.generator, device=self.device)
         noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
+        if config.optimizer == "ipalm":
+            loss = self.optimizer.step(lambda: dsm_loss(self.model, clean, sigma, noise, config.loss))
+            self.step += 1
+            return loss
         rows = slice(self.rank * config.batch_size // self.world_size,
                      (self.rank + 1) * config.batch_size // self.world_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, self.step)
         loss = dsm_loss(self.network, clean[rows], sigma[rows], noise[rows], config.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients over the processes here
@@ -320,8 +392,10 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         elapsed = float(previous["metadata"].get("wall_seconds", 0.0))
     metadata = {
         "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({len(paths)} images)",
-        "optimizer": f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
-                     f"Algorithm 1 ({config.projection_steps} steps) after every update",
+        "optimizer": (f"iPALM (inertia 0.707, backtracking), Algorithm 1 ({config.projection_steps} steps) as the "
+                      f"filters' proximal map" if config.optimizer == "ipalm" else
+                      f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
+                      f"Algorithm 1 ({config.projection_steps} steps) after every update"),
         "loss": f"Eq. 4, {config.loss}",
         "batch_size": config.batch_size,
         "sigma_max": config.sigma_max,

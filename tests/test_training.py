@@ -7,6 +7,7 @@ import torch
 from conftest import DEVICES, random_model
 from gmdm_cli.checkpoint import read_checkpoint
 from gmdm_cli.model import _log_mixture
+from gmdm_cli.projection import orthogonal_projection
 from gmdm_cli.training import (
     PatchSampler,
     TrainingConfig,
@@ -107,10 +108,12 @@ def _interrupted_run(monkeypatch, stop_step, *args, **kwargs):
             run_training(*args, progress=False, **kwargs)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "ipalm"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, device):
+def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, device, optimizer):
     folder = _write_images(tmp_path / "images", _synthetic_images())
-    config = TrainingConfig(patch_size=3, steps=60, batch_size=256, learning_rate=1e-2, final_learning_rate=1e-4)
+    config = TrainingConfig(patch_size=3, steps=60, batch_size=256, learning_rate=1e-2, final_learning_rate=1e-4,
+                            optimizer=optimizer)
     straight = run_training(config, [folder], tmp_path / "straight.pt", device, progress=False, checkpoint_every=20)
     assert straight["final_loss"] < 0.9 * _initial_loss(config, folder)
 
@@ -123,6 +126,42 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_exactly(tmp_pat
     assert torch.allclose(a["logits"], b["logits"], atol=1e-6)
     gram = a["filters"].double() @ a["filters"].double().T
     assert (gram - torch.diag(torch.diag(gram))).abs().max() < 1e-5
+
+
+def test_ipalm_without_inertia_never_raises_the_loss_of_a_fixed_batch():
+    """With inertia 0 an iPALM step is a projected gradient step whose size backtracking accepts only under the
+    quadratic upper bound; since the projection is the nearest point of the constraint set, the loss of a fixed
+    batch cannot rise (up to rounding), and the filters stay zero-mean and orthogonal."""
+    from gmdm_cli.training import IPALM
+
+    model = random_model(patch_size=3, num_components=15)
+    generator = torch.Generator().manual_seed(3)
+    clean = torch.rand(512, 9, generator=generator, dtype=torch.float64)
+    sigma = 0.4 * torch.rand(512, generator=generator, dtype=torch.float64)
+    noise = torch.randn(512, 9, generator=generator, dtype=torch.float64)
+    optimizer = IPALM([model.filters, model.logits], [lambda k: orthogonal_projection(k, 3), lambda w: w], inertia=0.0)
+    losses = [optimizer.step(lambda: dsm_loss(model, clean, sigma, noise)) for _ in range(25)]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < 0.8 * losses[0]
+    filters = model.filters.detach()
+    gram = filters @ filters.T
+    assert filters.sum(1).abs().max() < 1e-10
+    assert (gram - torch.diag(torch.diag(gram))).abs().max() < 1e-6
+
+
+def test_train_with_ipalm_from_the_cli_records_it(tmp_path):
+    from click.testing import CliRunner
+
+    from gmdm_cli.cli import cli
+
+    folder = _write_images(tmp_path / "images", _synthetic_images())
+    result = CliRunner().invoke(cli, ["train", str(folder), "-o", str(tmp_path / "run.pt"), "--patch-size", "3",
+                                      "--steps", "5", "--batch-size", "128", "--optimizer", "ipalm", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    checkpoint = read_checkpoint(tmp_path / "run.pt")
+    assert checkpoint["metadata"]["optimizer"].startswith("iPALM")
+    assert checkpoint["training"]["config"]["optimizer"] == "ipalm"
+    assert len(checkpoint["training"]["optimizer"]["lipschitz"]) == 2
 
 
 def test_a_run_taken_up_on_another_device_type_draws_a_fresh_deterministic_stream(tmp_path):
@@ -205,7 +244,6 @@ def test_fine_tuning_starts_from_the_given_model_and_records_it(tmp_path):
 
 def _initial_loss(config, folder):
     from gmdm_cli.model import PatchGMDM
-    from gmdm_cli.projection import orthogonal_projection
     from gmdm_cli.training import load_training_images
 
     sampler = PatchSampler(load_training_images(find_images([folder]), 3), 3)
