@@ -196,19 +196,18 @@ class IPALM:
             point = block.detach().clone()
             value = loss_function()
             gradient, = torch.autograd.grad(value, block)
-            value = value.item()
-            first = value if first is None else first
-            tolerance = 8 * torch.finfo(block.dtype).eps * abs(value)  # the loss's own rounding
+            value = value.detach()
+            first = value.item() if first is None else first
+            tolerance = 8 * torch.finfo(block.dtype).eps * value.abs()  # the loss's own rounding
             self.lipschitz[i] /= 2
             for _ in range(self.MAX_DOUBLINGS):
-                candidate = project(point - gradient / self.lipschitz[i])
-                change = candidate - point
                 with torch.no_grad():
+                    candidate = project(point - gradient / self.lipschitz[i])
+                    change = candidate - point
                     block.copy_(candidate)
-                    trial = loss_function().item()
-                bound = value + (gradient * change).sum().item() + self.lipschitz[i] / 2 * change.pow(2).sum().item()
-                if trial <= bound + tolerance:
-                    break
+                    bound = value + (gradient * change).sum() + self.lipschitz[i] / 2 * change.pow(2).sum()
+                    if loss_function() <= bound + tolerance:  # one device synchronisation per trial
+                        break
                 self.lipschitz[i] *= 2
             self.previous[i] = current
         return first
@@ -252,7 +251,7 @@ class Trainer:
             init_generator = torch.Generator().manual_seed(config.seed)
             model = PatchGMDM.initial(config.patch_size, generator=init_generator)
             with torch.no_grad():
-                model.filters.copy_(orthogonal_projection(model.filters, config.projection_steps))
+                model.filters.copy_(self._filter_projection(model.filters))
         self.model = model.to(self.device)
         self.network = self.model
         if world_size > 1:
@@ -290,7 +289,7 @@ class Trainer:
         self.optimizer.step()
         if isinstance(self.model, PatchGMDM):
             with torch.no_grad():
-                self.model.filters.copy_(orthogonal_projection(self.model.filters, config.projection_steps))
+                self.model.filters.copy_(self._filter_projection(self.model.filters))
         self.step += 1
         if self.world_size > 1:
             import torch.distributed as dist
@@ -392,7 +391,7 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         elapsed = float(previous["metadata"].get("wall_seconds", 0.0))
     metadata = {
         "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({len(paths)} images)",
-        "optimizer": (f"iPALM (inertia 0.707, backtracking), Algorithm 1 ({config.projection_steps} steps) as the "
+        "optimizer": (f"iPALM (inertia {trainer.optimizer.inertia:.3g}, backtracking), Algorithm 1 ({config.projection_steps} steps) as the "
                       f"filters' proximal map" if config.optimizer == "ipalm" else
                       f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
                       f"Algorithm 1 ({config.projection_steps} steps) after every update"),
