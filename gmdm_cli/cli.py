@@ -115,8 +115,9 @@ def cli():
 @click.option("--sigma-max", default=0.4, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Noise levels sqrt(2t) are drawn from U[0, sigma_max] (0-1 scale).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, patches and noise.")
-@click.option("--loss", type=click.Choice(["norm", "squared"]), default="norm", show_default=True,
-              help="Eq. 4 as written (norm of each patch's residual) or its square.")
+@click.option("--loss", type=click.Choice(["norm", "squared", "noise"]), default="norm", show_default=True,
+              help="norm: Eq. 4 as written (the norm of each patch's residual); squared: its square; noise: the "
+                   "square over sigma^2 (noise prediction).")
 @click.option("--optimizer", type=click.Choice(["adam", "ipalm"]), default="adam", show_default=True,
               help="adam: Adam with a cosine learning-rate decay, then Algorithm 1; ipalm: the paper's iPALM "
                    "(step sizes by backtracking, Algorithm 1 as the filters' proximal map; --learning-rate unused).")

@@ -108,7 +108,7 @@ class PatchSampler:
         return patches.gather(1, self.transforms[transform])
 
 
-LOSSES = ("norm", "squared")
+LOSSES = ("norm", "squared", "noise")
 
 
 def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
@@ -118,11 +118,15 @@ def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: 
     ``"norm"``: the mean over patches of ``||x - x_EB(y)||``, Eq. 4 as written. Against the square it
     weights each patch by ``1 / ||residual||``, which is ~``1 / sigma``: low noise levels count more.
     ``"squared"``: the mean of ``||x - x_EB(y)||^2 / a`` (per pixel).
+    ``"noise"``: the mean of ``||x - x_EB(y)||^2 / (sigma^2 a)`` = ``||n + sigma grad log f(y, t)||^2 / a``, the
+    noise-prediction form of diffusion models: weight ``1 / sigma^2`` against the square.
     """
     noisy = clean + sigma[:, None] * noise
     residual = model(noisy, time_from_sigma(sigma)) - clean  # patch_tweedie, through the module (or DDP)
     if loss == "squared":
         return residual.pow(2).mean()
+    if loss == "noise":  # at sigma = 0 the residual is exactly 0, and so is its term
+        return (residual / sigma.clamp_min(torch.finfo(residual.dtype).tiny)[:, None]).pow(2).mean()
     if loss != "norm":
         raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
     return residual.pow(2).sum(1).clamp_min(torch.finfo(residual.dtype).tiny).sqrt().mean()

@@ -72,10 +72,12 @@ def _autograd_dsm_loss(model, clean, sigma, noise, loss):
     log_density = _log_mixture(z.T, variances.T, log_weights, model.means).sum()
     (score,) = torch.autograd.grad(log_density, noisy, create_graph=True)
     residual = noisy + sigma[:, None] ** 2 * score - clean
+    if loss == "noise":  # the noise-prediction form: n + sigma * score, written without dividing by sigma
+        return (noise + sigma[:, None] * score).pow(2).mean()
     return residual.pow(2).mean() if loss == "squared" else residual.norm(dim=1).mean()
 
 
-@pytest.mark.parametrize("loss", ["norm", "squared"])
+@pytest.mark.parametrize("loss", ["norm", "squared", "noise"])
 def test_dsm_gradients_match_autograd(loss):
     model = random_model(patch_size=3, num_components=15, seed=20)
     generator = torch.Generator().manual_seed(21)
@@ -89,6 +91,21 @@ def test_dsm_gradients_match_autograd(loss):
     assert fast.item() == pytest.approx(slow.item(), rel=1e-12)
     for a, b in zip(fast_grads, slow_grads):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_noise_loss_is_finite_at_sigma_zero_where_its_term_vanishes():
+    """At sigma = 0 the noisy patch is the clean one and Tweedie returns it: the term is 0, not 0/0."""
+    model = random_model(patch_size=3, num_components=15, seed=22)
+    generator = torch.Generator().manual_seed(23)
+    clean = torch.rand(8, 9, generator=generator, dtype=torch.float64)
+    noise = torch.randn(8, 9, generator=generator, dtype=torch.float64)
+    sigma = torch.full((8,), 0.1, dtype=torch.float64)
+    sigma[:4] = 0
+    loss = dsm_loss(model, clean, sigma, noise, "noise")
+    gradient, = torch.autograd.grad(loss, model.filters)
+    assert torch.isfinite(gradient).all()
+    assert loss.item() == pytest.approx(dsm_loss(model, clean[4:], sigma[4:], noise[4:], "noise").item() / 2,
+                                        rel=1e-12)
 
 
 def _interrupted_run(monkeypatch, stop_step, *args, **kwargs):
