@@ -109,6 +109,7 @@ class PatchSampler:
 
 
 LOSSES = ("norm", "squared", "noise")
+OPTIMIZERS = ("adam", "ipalm")
 
 
 def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
@@ -234,8 +235,8 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig, sampler: PatchSampler, device="cpu",
                  model: PatchGMDM | None = None, rank: int = 0, world_size: int = 1):
-        if config.optimizer not in ("adam", "ipalm"):
-            raise TrainingSetupError(f"unknown optimizer {config.optimizer!r} (choose from adam, ipalm)")
+        if config.optimizer not in OPTIMIZERS:
+            raise TrainingSetupError(f"unknown optimizer {config.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
         if config.optimizer == "ipalm" and world_size > 1:
             raise TrainingSetupError("--optimizer ipalm runs in one process (not under torchrun)")
         if config.batch_size % world_size:
