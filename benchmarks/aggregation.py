@@ -25,9 +25,8 @@ import torch.nn.functional as F
 
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import psnr
-from gmdm_cli.image_io import read_image
 from gmdm_cli.model import _posterior
-from gmdm_cli.training import find_images
+from tune_hqs import training_crops
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
 
@@ -79,13 +78,7 @@ def main(argv=None) -> int:
 
     model = load_model(args.model).double()
     b = model.patch_size
-    paths = find_images([args.data])
-    paths = paths[:: max(1, len(paths) // args.images)][: args.images]
-    images = []
-    for path in paths:
-        image = read_image(path)[0]
-        top, left = (image.shape[0] - args.crop) // 2, (image.shape[1] - args.crop) // 2
-        images.append(image[top:top + args.crop, left:left + args.crop])
+    images = training_crops(args.data, args.images, args.crop)
     powers = [float(q) for q in args.powers.split(",")]
     columns = ["plain"] + [f"{kind} ^-{q:g}" for q in powers for kind in ("trace", "pixel")]
     print(f"{len(images)} crops of {args.crop}x{args.crop} from {args.data}, model {args.model}; mean PSNR (dB)")

@@ -23,9 +23,22 @@ from gmdm_cli.checkpoint import load_model
 from gmdm_cli.band_model import BandGMDM, band_denoise
 from gmdm_cli.denoisers import band_hqs, ebpa, hqs, hqs_schedule, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.training import find_images
+from gmdm_cli.training import find_images, spread
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
+
+
+def training_crops(data: Path, count: int, crop: int) -> list:
+    """Centre crops ``crop x crop`` (``crop <= 0``: whole images) of ``count`` images spread over ``data``."""
+    images = []
+    for path in spread(find_images([data]), count):
+        image = read_image(path)[0]
+        if crop <= 0:
+            images.append(image)
+            continue
+        top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+        images.append(image[top:top + crop, left:left + crop])
+    return images
 
 
 def main(argv=None) -> int:
@@ -44,16 +57,7 @@ def main(argv=None) -> int:
 
     model = load_model(args.model, device=args.device)
     baseline_method, hqs_method = (band_denoise, band_hqs) if isinstance(model, BandGMDM) else (ebpa, hqs)
-    paths = find_images([args.data])
-    paths = paths[:: max(1, len(paths) // args.images)][: args.images]
-    images = []
-    for path in paths:
-        image = read_image(path)[0]
-        if args.crop <= 0:
-            images.append(image)
-            continue
-        top, left = (image.shape[0] - args.crop) // 2, (image.shape[1] - args.crop) // 2
-        images.append(image[top:top + args.crop, left:left + args.crop])
+    images = training_crops(args.data, args.images, args.crop)
     sigmas = [float(s) / 255 for s in args.sigmas.split(",")]
     grid = list(itertools.product(*[[float(v) for v in text.split(",")] for text in
                                     (args.iterations, args.starts, args.ends, args.data_weights)]))

@@ -611,7 +611,7 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, o
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
     from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
     from .noise import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise, calibration_for
-    from .training import TrainingDataError, find_images, load_training_images
+    from .training import TrainingDataError, find_images, load_training_images, spread
 
     try:
         sigmas = sorted({float(level) for level in levels.split(",")}) if levels else list(CALIBRATION_LEVELS)
@@ -626,8 +626,7 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, o
         raise click.ClickException(str(error)) from None
     model = model_from_checkpoint(payload)
     try:
-        paths = find_images(image_dirs)
-        paths = paths[:: max(1, len(paths) // count)][:count]
+        paths = spread(find_images(image_dirs), count)
         images = [image.astype("float64") for image in load_training_images(paths, getattr(model, "patch_size", 1))]
     except TrainingDataError as error:
         raise click.ClickException(str(error)) from None

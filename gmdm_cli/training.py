@@ -53,6 +53,11 @@ def find_images(folders: list[str | Path]) -> list[Path]:
     return paths
 
 
+def spread(paths: list[Path], count: int) -> list[Path]:
+    """``count`` of ``paths`` spread evenly over the list: every ``(len / count)``-th, from the first."""
+    return paths[:: max(1, len(paths) // count)][:count]
+
+
 def load_training_images(paths: list[Path], patch_size: int) -> list[np.ndarray]:
     """The images at ``paths`` as gray float32 arrays; colour is reduced to luma."""
     images = []
