@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +25,7 @@ import torch.nn.functional as F
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import psnr
 from gmdm_cli.model import _posterior
-from tune_hqs import training_crops
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
+from tune_hqs import add_crop_options, training_crops
 
 
 def patch_posteriors(model, noisy: torch.Tensor, sigma: float):
@@ -66,11 +63,7 @@ def aggregate(estimates: torch.Tensor, weights: torch.Tensor, shape, b: int) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="7x7")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--images", type=int, default=16, help="every (400 / N)-th training image")
-    parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels")
-    parser.add_argument("--sigmas", default="15,25,50,100")
+    add_crop_options(parser, images=16)
     parser.add_argument("--powers", default="1,2,3,4", help="exponents q of the weights variance^-q")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

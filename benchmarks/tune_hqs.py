@@ -41,13 +41,18 @@ def training_crops(data: Path, count: int, crop: int) -> list:
     return images
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_crop_options(parser: argparse.ArgumentParser, images: int) -> None:
+    """The options of :func:`training_crops` and the model and noise levels, shared by the tuning benchmarks."""
     parser.add_argument("--model", default="7x7")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--images", type=int, default=8, help="every (400 / N)-th training image")
+    parser.add_argument("--images", type=int, default=images, help="every (400 / N)-th training image")
     parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels (0: whole images)")
     parser.add_argument("--sigmas", default="15,25,50,100")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_crop_options(parser, images=8)
     parser.add_argument("--iterations", default="6")
     parser.add_argument("--starts", default="1,0.5")
     parser.add_argument("--ends", default="0.03125,0.0078125")
