@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "denoise", "estimate_noise"]
+__all__ = ["load_model", "denoise", "estimate_noise", "estimate_noise_model"]
 
 
 def load_model(name="7x7", device="cpu"):
@@ -50,7 +50,7 @@ def _loaded(path, stamp):
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
-            tile=None, iterations=None):
+            tile=None, iterations=None, noise_model="auto"):
     """Denoise an image corrupted by additive Gaussian noise.
 
     Parameters
@@ -59,13 +59,14 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         Gray ``(H, W)`` or colour ``(H, W, 3|4)`` image, float values on the [0, 1] scale.
     sigma : float or ndarray, optional
         Noise standard deviation on the same [0, 1] scale (25/255 for "sigma 25"), or a per-pixel map
-        ``(H, W)`` of it. Leave it out with ``blind=True``.
+        ``(H, W)`` of it (colour: also ``(H, W, 3)``, one map per channel). Leave it out with ``blind=True``.
     method : {"ebpa", "hqs"}
         Empirical-Bayes patch averaging (Sec. 4.3 of the paper) or half-quadratic splitting.
     model : str, path or PatchGMDM
         Built-in model name, checkpoint path, or a loaded model.
     blind : bool
-        Estimate the per-pixel noise map with :func:`estimate_noise` and denoise with it.
+        Estimate the noise first (:func:`estimate_noise_model`) and denoise with the per-pixel levels of the
+        noise model it chooses.
     boundary : {"valid", "reflect"}
         Patches inside the image only, or mirror the borders first.
     colour : {"rgb", "opponent"}
@@ -76,6 +77,9 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     iterations : int, optional
         HQS only: steps of its schedule (:func:`gmdm_cli.denoisers.hqs_schedule`); default 6 for the patch
         models, 4 for the conv model (each tuned on training images).
+    noise_model : {"auto", "constant", "nlf", "map"}
+        With ``blind=True``: the noise model (:mod:`gmdm_cli.blind`); ``"auto"`` chooses the one that explains
+        the image best: one level, a noise-level function of the intensity, or a spatial map.
 
     Returns
     -------
@@ -106,15 +110,15 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     model = _model(model)
     image = np.asarray(image, dtype=np.float64)
     if blind:
-        from .noise import estimate_noise_map
+        from .blind import blind_levels
 
-        sigma = estimate_noise_map(model, image)
+        sigma = blind_levels(model, image, noise_model)[0]
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
     return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
 
 
-def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimator="auto"):
+def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model="auto"):
     """Estimate the standard deviation of additive Gaussian noise in an image (Sec. 4.4 of the paper).
 
     Parameters
@@ -122,26 +126,23 @@ def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimato
     image : ndarray
         Gray ``(H, W)`` or colour ``(H, W, 3|4)`` image, float values on the [0, 1] scale.
     map : bool
-        Also estimate the noise level pixel by pixel.
+        Also estimate the noise level pixel by pixel (:func:`estimate_noise_model`'s levels).
     model : str, path or PatchGMDM
         Built-in model name, checkpoint path, or a loaded model.
-    window : int
-        Map: neighbourhood (in patches) over which patch energies are pooled before each local argmin.
-    opening : int
-        Map: size (in patches) of the gray-scale opening that removes raised estimates on texture
-        (:func:`gmdm_cli.noise.estimate_sigma_map`); 1 skips it.
     estimator : {"auto", "flat", "quiet", "mean-energy"}
         ``"flat"``: the argmin over t in the image's flattest regions (robust to texture, the best at low noise);
         ``"quiet"``: the argmin of the mean energy of the experts that content raises least (the best at high
         noise); ``"auto"`` (default): flat below sigma 20/255, quiet above 40/255, blended between;
         ``"mean-energy"``: ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
+    noise_model : {"auto", "constant", "nlf", "map"}
+        The noise model of the map (:mod:`gmdm_cli.blind`).
 
     Returns
     -------
     sigma : float
         Noise standard deviation on the [0, 1] scale (calibrated when the checkpoint carries a calibration).
     sigma_map : ndarray
-        With ``map=True`` only: ``(H, W)`` per-pixel levels, same scale.
+        With ``map=True`` only: ``(H, W)`` per-pixel levels, same scale (colour: ``(H, W, 3)``).
 
     Examples
     --------
@@ -155,6 +156,42 @@ def estimate_noise(image, map=False, model="7x7", window=7, opening=45, estimato
 
     from .noise import estimate_noise as estimate
 
-    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, window, opening,
-                                 estimator)
+    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, estimator, noise_model)
     return (sigma, sigma_map) if map else sigma
+
+
+def estimate_noise_model(image, noise_model="auto", model="7x7"):
+    """Which noise explains an image: one level, a noise-level function ``sigma^2 = a x + b`` of the intensity
+    (the Poisson-Gaussian noise of camera sensors), or a spatial map (:mod:`gmdm_cli.blind`).
+
+    Parameters
+    ----------
+    image : ndarray
+        Gray ``(H, W)`` or colour ``(H, W, 3|4)`` image, float values on the [0, 1] scale (clipped 8/16-bit
+        files are fine: saturated pixels are left out).
+    noise_model : {"auto", "constant", "nlf", "map"}
+        ``"auto"`` chooses by the likelihood gains; the others force one.
+    model : str, path or PatchGMDM
+        Built-in model name, checkpoint path, or a loaded model.
+
+    Returns
+    -------
+    estimates : list of gmdm_cli.blind.NoiseEstimate
+        One for a gray image, one per RGB channel: the chosen ``model``, its per-pixel ``sigma_map``, the
+        constant level, the fitted ``nlf`` ``(a, b)`` with its binned ``curve``, and the ``gains``.
+
+    Examples
+    --------
+    >>> import numpy as np, gmdm_cli
+    >>> from skimage import data
+    >>> clean = data.camera() / 255.0
+    >>> noisy = clean + np.sqrt(0.01 * clean + 0.0004) * np.random.default_rng(0).standard_normal(clean.shape)
+    >>> estimate, = gmdm_cli.estimate_noise_model(noisy)
+    >>> estimate.model, bool(abs(estimate.nlf[0] - 0.01) < 0.002)
+    ('nlf', True)
+    """
+    import numpy as np
+
+    from .blind import blind_levels
+
+    return blind_levels(_model(model), np.asarray(image, dtype=np.float64), noise_model)[1]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from .choices import NOISE_MODELS
+
 DEVICES = ("auto", "cpu", "cuda")
 MAX_PIXELS = 250_000_000
 """Default of ``--max-pixels``: 250 Mpixel, about 2 GB as float64."""
@@ -259,11 +261,18 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
               help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
 @click.option("--sigma", type=click.FloatRange(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
-@click.option("--blind", is_flag=True, help="Estimate a per-pixel noise map first and denoise with it (EB-PA or HQS).")
+@click.option("--blind", is_flag=True,
+              help="Estimate the noise first (one level, a noise-level function of the intensity, or a spatial "
+                   "map; see --noise-model) and denoise with its per-pixel levels (EB-PA or HQS).")
+@click.option("--noise-model", type=click.Choice(NOISE_MODELS), default="auto", show_default=True,
+              help="With --blind: the noise model; auto chooses the one that explains the image best (by "
+                   "likelihood), the others force one.")
 @click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
-              help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, the image's size).")
+              help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, the image's size; for a colour "
+                   "image also one map per RGB channel, H x W x 3).")
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --blind (one input): also save the estimated map here (.tif or .npy, 0-255 units).")
+              help="With --blind (one input): also save the estimated levels here (.tif or .npy: float32, "
+                   "0-255 units; .png: a colour-mapped picture with a scale bar).")
 @click.option("--method", type=click.Choice(["ebpa", "hqs"]), default="ebpa", show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
 @click.option("--iterations", type=click.IntRange(1, 100),
@@ -284,8 +293,8 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @_quiet
 @click.option("--overwrite", is_flag=True, help="Replace existing output files (never an input).")
-def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, noise_map_path, method, iterations,
-            boundary, colour, model_name, device, tile, max_pixels, as_json, quiet, overwrite):
+def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, noise_map_path, method,
+            iterations, boundary, colour, model_name, device, tile, max_pixels, as_json, quiet, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) corrupted by Gaussian noise.
 
     Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
@@ -295,7 +304,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
 
     from .denoisers import denoise_array
     from .image_io import ImageError, encode_image, read_image, write_image
-    from .noise import estimate_noise_map
+    from .blind import blind_levels
 
     if (output is None) == (output_dir is None):
         raise click.UsageError("give exactly one of -o/--output and --output-dir")
@@ -307,6 +316,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
         raise click.UsageError("--iterations goes with --method hqs")
     if noise_map_path is not None and (not blind or len(inputs) > 1):
         raise click.UsageError("--noise-map goes with --blind and a single input")
+    if noise_model != "auto" and not blind:
+        raise click.UsageError("--noise-model goes with --blind")
     if [str(path) for path in inputs].count("-") > (0 if output_dir is not None else 1):
         raise click.UsageError("'-' (standard input) is one input, written with -o")
     to_stdout = output is not None and str(output) == "-"
@@ -332,8 +343,9 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
             values, info = read_image(sigma_map, max_pixels=max_pixels or None)
         except ImageError as error:
             raise click.ClickException(str(error)) from None
-        if not info.dtype.kind == "f" or values.ndim != 2:
-            raise click.ClickException(f"{sigma_map}: a noise map must be a 2-D float array (.npy or float TIFF)")
+        if not info.dtype.kind == "f" or not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
+            raise click.ClickException(f"{sigma_map}: a noise map must be a float array of H x W or H x W x 3 "
+                                       "(.npy or float TIFF)")
         level = values / 255
     if noise_map_path is not None:
         _check_target(noise_map_path, overwrite, inputs)
@@ -345,11 +357,11 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
             if not to_stdout:
                 _check_target(target, overwrite, inputs)
             image, info = _read_input(path, max_pixels)
-            used = level
+            used, estimates = level, []
             if blind:
-                used = estimate_noise_map(model, image)
+                used, estimates = blind_levels(model, image, noise_model)
                 if noise_map_path is not None:
-                    write_image(noise_map_path, 255 * used, dtype="float32")
+                    _write_levels(noise_map_path, 255 * used)
             result = denoise_array(model, image, sigma / 255 if used is None else used, method, boundary, tile, colour,
                                    iterations)
             if to_stdout:
@@ -362,12 +374,17 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, sigma_map, 
             report.error(path, error)
             continue
         seconds = time.perf_counter() - started
+        chosen = [estimate.model for estimate in estimates]
         how = f"sigma {sigma:g}" if used is None else f"noise map, mean sigma {255 * float(used.mean()):.2f}"
+        how = how if not chosen else f"blind: {'/'.join(chosen)} noise, mean sigma {255 * float(used.mean()):.2f}"
         report.info(f"{path} -> {target} ({method}, {how}, {seconds:.2f} s)")
         if as_json:
             record = {"path": str(path), "status": "ok", "output": str(target), "method": method,
                       "model": model_name, "seconds": round(seconds, 3)}
             record.update({"sigma": sigma} if used is None else {"sigma_map_mean": round(255 * float(used.mean()), 3)})
+            if estimates:
+                record["noise_model"] = chosen[0] if len(chosen) == 1 else chosen
+                record["noise_estimates"] = [estimate.summary() for estimate in estimates]
             click.echo(json.dumps(record))
         report.advance()
     report.finish()
@@ -518,15 +535,19 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @click.option("--model", "model_name", default="7x7", show_default=True,
               help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
 @click.option("--map", "noise_map", is_flag=True,
-              help="Also estimate the per-pixel noise map: <stem>_noise_map.tif (float32, 0-255) and "
-                   "<stem>_noise_map.png (colour-mapped with a scale bar).")
+              help="Also write the per-pixel noise levels of the noise model: <stem>_noise_map.tif (float32, "
+                   "0-255; colour: one per RGB channel) and <stem>_noise_map.png (colour-mapped with a scale bar).")
+@click.option("--nlf", is_flag=True,
+              help="Report the noise-level function sigma^2 = a x + b of the intensity x in [0, 1] (camera noise: "
+                   "a photon, b read noise), with its binned curve in --json.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="With one input: a figure of the noise level against the intensity (binned, and the fitted "
+                   "noise-level function) here (.png, .pdf or .svg; needs 'gmdm-cli[plots]').")
+@click.option("--noise-model", type=click.Choice(NOISE_MODELS), default="auto", show_default=True,
+              help="The noise model of --map: auto chooses the one that explains the image best (one level, the "
+                   "noise-level function, or a spatial map); the others force one.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the maps here instead of beside each input.")
-@click.option("--window", default=7, show_default=True, type=click.IntRange(1, 255),
-              help="Map: neighbourhood (in patches) over which energies are pooled before each local argmin.")
-@click.option("--opening", default=45, show_default=True, type=click.IntRange(1, 1023),
-              help="Map: size (in patches) of the opening (minimum, then maximum filter) that removes raised "
-                   "estimates on texture; 1: none.")
 @click.option("--estimator", type=click.Choice(["auto", "flat", "quiet", "mean-energy"]), default="auto",
               show_default=True,
               help="Global estimate: the argmin over t of the mean energy in the flattest regions (flat), of the "
@@ -536,24 +557,28 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @_max_pixels
 @_quiet
-@click.option("--overwrite", is_flag=True, help="Replace existing map files.")
-def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, estimator, as_json, device, max_pixels,
-                   quiet, overwrite):
-    """Estimate the Gaussian noise level of INPUTS (0-255 scale), globally and with --map per pixel.
+@click.option("--overwrite", is_flag=True, help="Replace existing map and plot files.")
+def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, output_dir, estimator, as_json, device,
+                   max_pixels, quiet, overwrite):
+    """Estimate the noise of INPUTS (0-255 scale): its global level, and which noise model explains it (one level,
+    a noise-level function of the intensity, or a spatial map), with --map per pixel.
 
     '-' reads an image from standard input (its maps need --output-dir). Exit status: 0 all inputs done,
     1 some failed (the others are still measured), 2 usage error.
     """
     import json
 
-    from .image_io import ImageError, write_image
-    from .noise import calibration_for, map_calibration
-    from .noise import estimate_noise as estimate
+    from .image_io import ImageError
+    from .noise import calibration_for, estimate_noise_models
 
     if output_dir is not None and not output_dir.is_dir():
         raise click.ClickException(f"{output_dir}: output folder does not exist")
     if noise_map and output_dir is None and any(str(path) == "-" for path in inputs):
         raise click.UsageError("--map of standard input ('-') needs --output-dir")
+    if plot_path is not None:
+        if len(inputs) > 1:
+            raise click.UsageError("--plot takes a single input")
+        _check_target(plot_path, overwrite, inputs)
     model = _load_model(model_name, _device(device))
     report = _Report(quiet, len(inputs), as_json)
     if estimator == "auto" and calibration_for(model, "quiet") is None:
@@ -563,9 +588,6 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
     if calibration_for(model, measured) is None:
         report.info(f"note: model {model_name} has no calibration for the '{measured}' estimator; "
                     "estimates are raw (see gmdm calibrate)")
-    if noise_map and map_calibration(model, window, opening) is None:
-        report.info(f"note: model {model_name} has no map calibration for window {window} and opening {opening}; "
-                    "the maps are raw (see gmdm calibrate)")
     for path in inputs:
         folder = output_dir if output_dir is not None else (path.parent if str(path.parent) else Path("."))
         stem = "stdin" if str(path) == "-" else path.stem
@@ -574,20 +596,34 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
             for target in targets:
                 _check_target(target, overwrite, inputs)
             image, _ = _read_input(path, max_pixels)
-            sigma, sigma_map = estimate(model, image, noise_map, window, opening, estimator)
-            record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator}
+            sigma, levels, estimates = estimate_noise_models(model, image, estimator, noise_model)
+            chosen = [estimate.model for estimate in estimates]
+            record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator,
+                      "noise_model": chosen[0] if len(chosen) == 1 else chosen}
+            if nlf:
+                fits = [{"a": e.nlf[0], "b": e.nlf[1], "curve": e.summary()["nlf"]["curve"]} for e in estimates]
+                record["nlf"] = fits[0] if len(fits) == 1 else fits
             if noise_map:
-                write_image(targets[0], 255 * sigma_map, dtype="float32")
-                _write_map_picture(targets[1], 255 * sigma_map)
+                _write_levels(targets[0], 255 * levels)
+                _write_levels(targets[1], 255 * levels)
                 record.update(noise_map_tif=str(targets[0]), noise_map_png=str(targets[1]),
-                              map_mean=round(float(255 * sigma_map.mean()), 3))
+                              map_mean=round(float(255 * levels.mean()), 3))
+            if plot_path is not None:
+                _write_nlf_plot(plot_path, estimates)
+                record["plot"] = str(plot_path)
         except (ImageError, ValueError, click.ClickException) as error:
             report.error(path, error)
             continue
         if as_json:
             click.echo(json.dumps({**record, "status": "ok"}))
         else:
-            click.echo(f"{path}: sigma {record['sigma']:.2f}" + (f" (maps: {targets[0]}, {targets[1]})" if noise_map else ""))
+            click.echo(f"{path}: sigma {record['sigma']:.2f}, noise model {'/'.join(chosen)}"
+                       + (f" (maps: {targets[0]}, {targets[1]})" if noise_map else ""))
+            for name, estimate in zip(("",) if len(estimates) == 1 else ("R ", "G ", "B "), estimates if nlf else []):
+                a, b = estimate.nlf
+                click.echo(f"  {name}noise-level function: sigma^2 = {a:.3g} x + {b:.3g} (x, sigma in [0, 1]); "
+                           f"sigma at x = 0.1 / 0.5 / 0.9: " + " / ".join(
+                               f"{255 * (a * x + b) ** 0.5:.2f}" for x in (0.1, 0.5, 0.9)))
         report.advance()
     report.finish()
 
@@ -603,8 +639,8 @@ def estimate_noise(inputs, model_name, noise_map, output_dir, window, opening, e
                                 "estimators [default: 14 levels from 0 to 100].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
 @click.option("--estimator", "estimators", multiple=True,
-              type=click.Choice(["flat", "quiet", "mean-energy", "map"]),
-              help="Calibrate only these (repeatable) and keep the model's other curves [default: all four]. "
+              type=click.Choice(["flat", "quiet", "mean-energy"]),
+              help="Calibrate only these (repeatable) and keep the model's other curves [default: all three]. "
                    "quiet also chooses its experts (needs a level of at least 15).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
 def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
@@ -642,6 +678,61 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, o
     click.echo(f"wrote {output}", err=True)
 
 
+def _write_levels(path: Path, levels) -> None:
+    """Per-pixel noise levels (0-255 units, ``(H, W)`` or ``(H, W, 3)``): a colour-mapped picture with a scale
+    bar for ``.png`` (the channels of a colour map side by side), float32 values otherwise."""
+    import numpy as np
+
+    from .image_io import write_image
+
+    if path.suffix.lower() != ".png":
+        write_image(path, levels, dtype="float32")
+        return
+    if levels.ndim == 3:
+        gap = np.full((levels.shape[0], max(2, levels.shape[1] // 50)), np.nan)
+        levels = np.concatenate([part for k in range(3) for part in (levels[..., k], gap)][:-1], 1)
+    _write_map_picture(path, levels)
+
+
+def _write_nlf_plot(path: Path, estimates) -> None:
+    """The noise level against the intensity: each channel's binned levels (dots) and its fitted noise-level
+    function (line), 0-255 scale."""
+    import numpy as np
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib (pip install 'gmdm-cli[plots]')") from None
+    from .image_io import atomic_output
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = ("black",) if len(estimates) == 1 else ("tab:red", "tab:green", "tab:blue")
+    names = ("",) if len(estimates) == 1 else ("R ", "G ", "B ")
+    figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
+    x = np.linspace(0, 1, 101)
+    for estimate, colour, name in zip(estimates, colours, names):
+        a, b = estimate.nlf
+        if estimate.curve:
+            intensity, sigma, _ = zip(*estimate.curve)
+            axis.plot(intensity, 255 * np.asarray(sigma), "o", color=colour, alpha=0.6, label=f"{name}binned")
+        axis.plot(x, 255 * np.sqrt(a * x + b), "-", color=colour,
+                  label=f"{name}$\\sigma^2$ = {a:.3g} x + {b:.3g} ({estimate.model})")
+    axis.set_xlabel("intensity x (0-1)")
+    axis.set_ylabel("noise sigma (0-255)")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize=7)
+    try:
+        with atomic_output(path, path.suffix or ".png") as temporary:
+            figure.savefig(temporary, bbox_inches="tight", format=(path.suffix.lstrip(".").lower() or "png"))
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"{path}: cannot write the plot ({str(error).splitlines()[0]})") from None
+    finally:
+        plt.close(figure)
+
+
 def _write_map_picture(path: Path, sigma_map) -> None:
     """A noise map (0-255 units) as a colour picture with a labelled scale bar (matplotlib), or as
     gray levels scaled to its maximum when matplotlib is not installed."""
@@ -658,9 +749,11 @@ def _write_map_picture(path: Path, sigma_map) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     height, width = sigma_map.shape
     figure, axis = plt.subplots(figsize=(max(3.0, width / 100 + 1.2), max(2.0, height / 100)), dpi=100)
+    sigma_map = np.ma.masked_invalid(sigma_map)
     shown = axis.imshow(sigma_map, cmap="viridis")
     axis.set_axis_off()
     figure.colorbar(shown, ax=axis, label="noise sigma (0-255)")

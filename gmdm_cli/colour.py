@@ -42,3 +42,11 @@ def from_channels(channels: np.ndarray, space: str) -> np.ndarray:
     if space == "rgb":
         return channels
     return channels @ (OPPONENT.T / np.sum(OPPONENT**2, axis=1)).T
+
+
+def channel_noise_levels(rgb_levels: np.ndarray, space: str) -> np.ndarray:
+    """Noise levels ``(..., 3)`` of the channels of ``space`` for independent noise of levels ``rgb_levels``
+    ``(..., 3)`` in R, G and B: ``sqrt(sum_c a_kc^2 sigma_c^2)`` (the rows' own gains when all three are equal)."""
+    if space == "rgb":
+        return rgb_levels
+    return np.sqrt(rgb_levels**2 @ (OPPONENT**2).T)

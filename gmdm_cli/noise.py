@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .band_model import BandGMDM, band_coefficients
@@ -39,14 +40,47 @@ from .model import PatchGMDM, expert_log_density, image_responses, map_strip_blo
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
 
+def clipped_pixels(image: torch.Tensor) -> torch.Tensor:
+    """Pixels at an end of the [0, 1] range when the image's values end there (a saturated 8/16-bit file):
+    exactly 0 where nothing is below 0, exactly 1 where nothing is above 1. Unclipped noisy images (values
+    beyond the range) have none. A clipped Gaussian is not a Gaussian: the estimators leave out every site
+    that holds such a pixel (:func:`usable_sites`)."""
+    mask = torch.zeros_like(image, dtype=torch.bool)
+    if float(image.min()) == 0:
+        mask |= image == 0
+    if float(image.max()) == 1:
+        mask |= image == 1
+    return mask
+
+
+def usable_sites(model: PatchGMDM | BandGMDM, images: torch.Tensor) -> torch.Tensor | None:
+    """Which sites of :func:`site_grid` hold no clipped pixel (:func:`clipped_pixels`), ``(N, rows, columns)`` for
+    ``images`` ``(N, 1, H, W)``; ``None`` when every site is usable, or none is (nothing to leave out then)."""
+    import torch.nn.functional as F
+
+    clipped = torch.stack([clipped_pixels(image) for image in images]).to(images.dtype)
+    if not bool(clipped.any()):
+        return None
+    rows, columns, footprint, stride = site_grid(model, images.shape[-2:])
+    usable = F.max_pool2d(clipped, footprint, stride)[:, 0, :rows, :columns] == 0
+    return usable if bool(usable.any()) else None
+
+
 def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512):
-    """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``.
+    """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``
+    (of the :func:`usable_sites` only, when some hold clipped pixels).
 
     Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
     """
+    usable = usable_sites(model, images)
+
+    def responses(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:  # (J, sites)
+        if usable is None:
+            return z.movedim(1, 0).reshape(model.num_filters, -1)
+        return z.movedim(1, 0)[:, usable[:, top:bottom]]
+
     with torch.no_grad():
-        flat = _map_site_strips(model, images, lambda top, bottom, z: z.movedim(1, 0).reshape(model.num_filters, -1))
-        z = torch.cat(flat, 1)
+        z = torch.cat(_map_site_strips(model, images, responses), 1)
     low, high = z.min(1, keepdim=True).values, z.max(1, keepdim=True).values
     step = (high - low).clamp_min(1e-12) / (bins - 1)
     position = (z - low) / step
@@ -163,7 +197,12 @@ def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
     energies = patch_energies(model, image, levels)  # (K, h, w)
     window = max(1, min(round(window / site_grid(model, image.shape[-2:])[3]), *energies.shape[-2:]))
-    blocks = F.avg_pool2d(energies[None], window, stride=max(1, window // 3))[0].flatten(1)
+    stride = max(1, window // 3)
+    blocks = F.avg_pool2d(energies[None], window, stride=stride)[0].flatten(1)
+    usable = usable_sites(model, image.reshape(1, 1, *image.shape[-2:]))
+    if usable is not None:  # blocks with a clipped pixel are left out, unless all have one
+        clean = F.max_pool2d((~usable).to(blocks.dtype)[None], window, stride=stride).flatten() == 0
+        blocks = blocks[:, clean] if bool(clean.any()) else blocks
     return blocks, levels.to(blocks.dtype)
 
 
@@ -237,64 +276,14 @@ def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.lerp(levels[lower], levels[lower + 1], fraction)
 
 
-MAP_WINDOW, MAP_OPENING = 7, 45  # chosen on BSDS400 training images (benchmarks/results/noise-map-tuning.md)
-
-
-def estimate_sigma_map(model: PatchGMDM, image: torch.Tensor, window: int = MAP_WINDOW, opening: int = MAP_OPENING,
-                       levels: torch.Tensor | None = None) -> torch.Tensor:
-    """Raw per-pixel noise level ``(H, W)`` (0-1 scale) of a gray image ``(H, W)``.
-
-    1. The energies of all patches at every candidate level are averaged over a ``window x window``
-       neighbourhood of patches (mirrored at the border); the argmin over the levels is a local estimate.
-       Texture raises it (it is "explained" as noise); it never lowers it much.
-    2. A gray-scale *opening* over ``opening x opening`` patch positions (a minimum filter, then a maximum
-       filter of the same size) removes every raised spot narrower than the opening, while a region of higher
-       noise at least that wide keeps its level and its edges (a box average would blur a step over its
-       whole width). The minimum biases the result low by a factor that does not depend on the image much;
-       the model's ``"map"`` calibration (:func:`calibrate_noise`) removes it.
-    3. Each pixel gets the mean estimate of the patches that cover it.
-
-    ``opening=1`` skips step 2; ``window=1, opening=1`` is the raw per-patch argmin. A band model's sites are its
-    ``M x M`` lattice cells (:func:`site_grid`); ``window`` and ``opening`` count pixels, rounded to cells.
-    ``levels``: the candidate levels, by default :func:`map_levels`.
-    """
-    levels = map_levels(model, image) if levels is None else levels
-    return map_from_energies(model, patch_energies(model, image, levels), levels, image.shape[-2:], window, opening)
-
-
-def map_levels(model: PatchGMDM | BandGMDM, image: torch.Tensor, flat: float | None = None) -> torch.Tensor:
-    """The levels of :func:`sigma_levels` from a tenth of the image's raw flat estimate (:func:`estimate_flat_sigma`,
-    the level of its least noisy regions; ``flat`` when already known) up, one more below: lower levels cannot be
-    any pixel's argmin, and they are the slow ones (their narrow expert tables leave most responses of a noisy
-    image to the exact mixtures)."""
-    ladder = sigma_levels()
-    flat = estimate_flat_sigma(model, image) if flat is None else flat
-    lowest = int(torch.nonzero(ladder >= 0.1 * flat)[0, 0])
-    return ladder[max(lowest - 1, 0):]
-
-
-def map_from_energies(model: PatchGMDM | BandGMDM, energies: torch.Tensor, levels: torch.Tensor, shape,
-                      window: int = MAP_WINDOW, opening: int = MAP_OPENING) -> torch.Tensor:
-    """Steps 1-3 of :func:`estimate_sigma_map` from the site energies ``(K, h, w)`` of :func:`patch_energies` at
-    ``levels``, for an image of ``shape`` ``(H, W)`` (several settings from one set of energies)."""
+def sites_to_pixels(per_site: torch.Tensor, shape, footprint: int, stride: int) -> torch.Tensor:
+    """Per-pixel values ``(H, W)`` from values of the sites of :func:`site_grid` ``(1, 1, h, w)``: every pixel the
+    mean of the sites whose ``footprint x footprint`` block covers it (edge pixels no site covers: the nearest)."""
     import torch.nn.functional as F
 
-    _, _, footprint, stride = site_grid(model, shape)
-    window, opening = max(1, round(window / stride)), max(1, round(opening / stride))  # in sites
-    pad = min(window // 2, energies.shape[-1] - 1, energies.shape[-2] - 1)
-    if pad > 0:
-        padded = F.pad(energies[None], (pad,) * 4, mode="reflect")  # a box filter is separable: rows, then columns
-        energies = F.avg_pool2d(F.avg_pool2d(padded, (2 * pad + 1, 1), stride=1), (1, 2 * pad + 1), stride=1)[0]
-    per_patch = _argmin_refined(energies, levels)[None, None]  # (1, 1, h, w)
-    half = opening // 2
-    if half > 0:  # square minimum and maximum filters, each as rows then columns
-        size = 2 * half + 1
-        maximum = lambda x: F.max_pool2d(F.max_pool2d(x, (size, 1), stride=1), (1, size), stride=1)
-        eroded = -maximum(-F.pad(per_patch, (half,) * 4, mode="replicate"))
-        per_patch = maximum(F.pad(eroded, (half,) * 4, mode="replicate"))
-    ones = per_patch.new_ones(1, 1, footprint, footprint)
-    summed = F.conv_transpose2d(per_patch, ones, stride=stride)
-    pixels = summed / F.conv_transpose2d(torch.ones_like(per_patch), ones, stride=stride)
+    ones = per_site.new_ones(1, 1, footprint, footprint)
+    summed = F.conv_transpose2d(per_site, ones, stride=stride)
+    pixels = summed / F.conv_transpose2d(torch.ones_like(per_site), ones, stride=stride)
     height, width = shape  # a band model's lattice may leave a margin of < M pixels: extend the edge
     return F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]), mode="replicate")[0, 0]
 
@@ -395,16 +384,8 @@ def auto_estimate(model: PatchGMDM, raw: dict[str, float]) -> float:
     return weight * flat + (1 - weight) * apply_calibration(raw["quiet"], calibration_for(model, "quiet"))
 
 
-def map_calibration(model: PatchGMDM, window: int = MAP_WINDOW, opening: int = MAP_OPENING) -> dict | None:
-    """The checkpoint's ``"map"`` calibration if it was measured with this ``window`` and ``opening``."""
-    calibration = calibration_for(model, "map")
-    if calibration and (calibration.get("window"), calibration.get("opening")) == (window, opening):
-        return calibration
-    return None
-
-
-def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int = MAP_WINDOW,
-                   opening: int = MAP_OPENING, estimator: str = "auto"):
+def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, estimator: str = "auto",
+                   noise_model: str = "auto"):
     """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
 
     ``estimator`` (:func:`estimate_global_noise`): ``"auto"`` (the default), ``"flat"``
@@ -413,24 +394,28 @@ def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, window: int
     measured on their intensity ``(R + G + B) / 3`` (the first opponent channel of :mod:`gmdm_cli.colour`,
     noise level ``sigma / sqrt(3)`` for independent noise of level ``sigma`` in every channel) and reported per
     RGB channel. Estimates go through the model's calibration of each estimator when its checkpoint carries
-    one; the map (:func:`estimate_noise_map`, ``window`` and ``opening``) through its ``"map"`` calibration.
+    one. The map is the blind estimate of :func:`gmdm_cli.blind.blind_levels` with ``noise_model``: ``(H, W)``,
+    or ``(H, W, 3)`` for a colour image (every channel its own noise model).
     """
-    tensor, gain = _intensity(model, image)
-    sigma, flat = estimate_global_noise(model, tensor, estimator)
     if not noise_map:
-        return sigma / gain, None
-    return sigma / gain, estimate_noise_map(model, image, window, opening, flat)
+        tensor, gain = _intensity(model, image)
+        return estimate_global_noise(model, tensor, estimator)[0] / gain, None
+    sigma, levels, _ = estimate_noise_models(model, image, estimator, noise_model)
+    return sigma, levels
 
 
-def estimate_noise_map(model: PatchGMDM, image, window: int = MAP_WINDOW, opening: int = MAP_OPENING,
-                       flat: float | None = None):
-    """Per-pixel noise level ``(H, W)`` of a numpy image on the [0, 1] scale (colour: per RGB channel, as
-    :func:`estimate_noise`), through :func:`map_calibration` when the model has one for these settings.
-    ``flat``: the raw flat estimate of the image's intensity, when already known (:func:`map_levels`)."""
+def estimate_noise_models(model: PatchGMDM, image, estimator: str = "auto", noise_model: str = "auto"):
+    """``(sigma, levels, estimates)``: the global level of :func:`estimate_noise` and the blind estimates of
+    :func:`gmdm_cli.blind.blind_levels` (per-pixel ``levels`` and one :class:`~gmdm_cli.blind.NoiseEstimate`
+    per gray or RGB channel); a gray image's ``"auto"`` level is the constant model's, measured once."""
+    from .blind import blind_levels
+
+    image = np.asarray(image, dtype=np.float64)
     tensor, gain = _intensity(model, image)
-    levels = map_levels(model, tensor, flat)
-    raw_map = estimate_sigma_map(model, tensor, window, opening, levels).double().cpu().numpy()
-    return apply_calibration(raw_map, map_calibration(model, window, opening)) / gain
+    sigma, _ = estimate_global_noise(model, tensor, estimator)
+    known = sigma if image.ndim == 2 and estimator == "auto" else None
+    levels, estimates = blind_levels(model, image, noise_model, known)
+    return sigma / gain, levels, estimates
 
 
 def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
@@ -446,14 +431,13 @@ def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
 
 
 CALIBRATION_LEVELS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 100)  # 0-255 scale
-CALIBRATED = RAW_ESTIMATORS + ("map",)
+CALIBRATED = RAW_ESTIMATORS
 QUIET_SELECTION_FROM = 15  # 0-255: levels at which the quiet experts are chosen (the quiet estimator's range)
 
 
 def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
                     estimators=CALIBRATED) -> dict:
-    """Measure the raw estimators (global ones of :data:`RAW_ESTIMATORS`, and ``"map"``: the median of
-    :func:`estimate_sigma_map` with its default window and opening) on clean gray ``images`` (numpy, [0, 1])
+    """Measure the raw global estimators of :data:`RAW_ESTIMATORS` on clean gray ``images`` (numpy, [0, 1])
     with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
     (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
     increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
@@ -466,7 +450,7 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
     rng = np.random.default_rng(seed)
-    global_ones = [estimator for estimator in estimators if estimator not in ("map", "quiet")]
+    global_ones = [estimator for estimator in estimators if estimator != "quiet"]
     raw = {estimator: [] for estimator in estimators}
     kept_histograms, ratios = [], []  # for "quiet", once its experts are chosen
     for sigma in sigmas:
@@ -477,8 +461,6 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
             tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
             histograms = _histograms(model, tensor)
             found = raw_global_sigmas(model, tensor, global_ones, histograms) if global_ones else {}
-            if "map" in estimators:
-                found["map"] = float(estimate_sigma_map(model, tensor).median())
             if "quiet" in estimators:
                 kept_histograms[-1].append(histograms)
                 if sigma >= QUIET_SELECTION_FROM:  # argmins searched from half to twice the true level
@@ -486,7 +468,7 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
                     ratios.append(expert_sigmas(model, histograms, levels).cpu().numpy() * 255 / sigma)
             for estimator, value in found.items():
                 estimates[estimator].append(value)
-        for estimator in global_ones + (["map"] if "map" in estimators else []):
+        for estimator in global_ones:
             raw[estimator].append(float(np.mean(estimates[estimator])))
     extra = {}
     if "quiet" in estimators:
@@ -496,7 +478,6 @@ def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: i
         raw["quiet"] = [float(np.mean([histogram_argmin(model, h, experts) for h in level]))
                         for level in kept_histograms]
         extra["quiet"] = {"experts": experts}
-    extra["map"] = {"window": MAP_WINDOW, "opening": MAP_OPENING}
     result = {}
     for estimator in estimators:
         means = np.maximum.accumulate(np.asarray(raw[estimator])) + 1e-9 * np.arange(len(sigmas))

@@ -90,35 +90,43 @@ class ExpertTable:
         results = (energies, scores, curvatures) if derivatives else (energies, scores)
         return tuple(torch.cat(r) if r else z.new_zeros(0, dtype=torch.float64) for r in results)
 
-    def _lookup(self, table: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor, which: int) -> torch.Tensor:
-        """Interpolate ``table`` (values and steps) linearly at responses ``z`` (filter index in dimension 1);
-        exact off the grid. Two gathers and a handful of element-wise passes (on the CPU 1.5x as fast as
-        ``grid_sample`` on a one-row table per expert, which computes and checks a second coordinate)."""
+    def _lookup(self, table: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor, which: int,
+                experts: torch.Tensor | None = None) -> torch.Tensor:
+        """Interpolate ``table`` (values and steps) linearly at responses ``z`` (filter index in dimension 1:
+        all experts, or those of the index tensor ``experts`` in its order); exact off the grid. Two gathers and a
+        handful of element-wise passes (on the CPU 1.5x as fast as ``grid_sample`` on a one-row table per
+        expert, which computes and checks a second coordinate)."""
         values, steps = table
+        scale, shift, offsets, low_end, high_end = ((self.scale, self.shift, self.offsets, self.low, self.high)
+                                                    if experts is None else
+                                                    (self.scale[experts], self.shift[experts], self.offsets[experts],
+                                                     self.low[experts], self.high[experts]))
         num_filters = z.shape[1]
         z = z.detach()  # tables are not differentiable
         flat = z.movedim(1, 0).reshape(num_filters, -1).contiguous()  # (J, M); a view when z has one image
-        position = (flat * self.scale).add_(self.shift)
-        index = position.to(self.offsets.dtype).clamp_(0, self.points - 1)  # truncation: the floor on the grid
+        position = (flat * scale).add_(shift)
+        index = position.to(offsets.dtype).clamp_(0, self.points - 1)  # truncation: the floor on the grid
         fraction = position.frac_()
-        index = index.add_(self.offsets).view(-1)
+        index = index.add_(offsets).view(-1)
         value = values.index_select(0, index).addcmul_(fraction.view(-1), steps.index_select(0, index))
         value = value.view(num_filters, *z.shape[:1], *z.shape[2:]).movedim(0, 1)
         low, high = flat.amin(1), flat.amax(1)  # on the CPU ~7x faster than aminmax(dim=1)
-        if bool(((low < self.low.to(low)) | (high > self.high.to(high))).any()):
+        if bool(((low < low_end.to(low)) | (high > high_end.to(high))).any()):
             shape = (1, -1) + (1,) * (z.dim() - 2)
-            outside = torch.nonzero((z < self.low.to(z).view(shape)) | (z > self.high.to(z).view(shape)), as_tuple=True)
+            outside = torch.nonzero((z < low_end.to(z).view(shape)) | (z > high_end.to(z).view(shape)), as_tuple=True)
+            owner = outside[1] if experts is None else experts.to(outside[1].device)[outside[1]]
             value = value.clone()
-            value[outside] = self._exact(z[outside], outside[1])[which].to(value.dtype)
+            value[outside] = self._exact(z[outside], owner)[which].to(value.dtype)
         return value
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         """``d/dz log psi_j(z, t)`` for responses with the filter index in dimension 1."""
         return self._lookup(self.scores, z, 1)
 
-    def energy(self, z: torch.Tensor) -> torch.Tensor:
-        """``-log psi_j(z, t)`` for responses with the filter index in dimension 1."""
-        return self._lookup(self.energies, z, 0)
+    def energy(self, z: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """``-log psi_j(z, t)`` for responses with the filter index in dimension 1 (of the experts ``experts``,
+        an index tensor, when given; default all)."""
+        return self._lookup(self.energies, z, 0, experts)
 
     @property
     def size(self) -> int:
@@ -126,7 +134,7 @@ class ExpertTable:
         return self.scores[0].numel()
 
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 128  # a ladder of levels for per-patch times (denoisers.LADDER_LEVELS) fits
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

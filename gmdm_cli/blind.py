@@ -1,0 +1,288 @@
+"""Blind noise models: the noise that explains an image best, and the per-pixel level it implies (Sec. 4.4).
+
+The model's density is explicit and normalised at every ``t``, so any noise model -- a level per pixel --
+has a likelihood: the sum over patches of ``-log f(P_i y, sigma_i^2 / 2)``. Three models compete:
+
+* ``"constant"``: one level for the whole image;
+* ``"nlf"``: a noise-level function of the intensity, ``sigma^2(x) = a x + b`` (the Poisson-Gaussian noise of
+  camera sensors: ``a`` the photon noise, ``b`` the read noise), ``x`` the mean of the patch;
+* ``"map"``: a level per neighbourhood (a local argmin), which follows noise that varies over the image.
+
+Texture is what makes this hard: a textured patch is more likely under more noise, so a local argmin reads
+texture as noise. The energies here are those of the model's *quiet* experts (``gmdm calibrate`` chooses
+them: the experts whose argmin natural content raises least, high-frequency filters on which noise and
+texture differ most): pooled over a neighbourhood of 9 x 9 sites they give a local estimate whose median
+over an image is within 1 % of the true level at sigma 5-50 without calibration, where all experts together
+read texture as 10 % more noise at sigma 5. They are evaluated every second patch position in each direction
+(a quarter of the patches; a band model's lattice cells all), at the levels of a geometric ladder.
+
+Clipped files: pixels at exactly 0 or 1 when the image's range ends there (8- or 16-bit files saturate)
+carry no noise, or a clipped one; every patch that holds one is left out of every estimate, and its
+level comes from its neighbours or the fitted model.
+
+Which model: the likelihood always prefers the richest model, because it also explains texture; the choice is
+therefore made on the likelihood gain per site in units of the image's noise variance (the gain that a
+misfit of the level by a given *fraction* brings does not depend on the level), against thresholds set on
+BSDS400 training images so that constant noise keeps the constant model (``benchmarks/blind.py``,
+``benchmarks/results/blind.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .choices import NOISE_MODELS
+from .denoisers import LADDER_LEVELS
+from .model import time_from_sigma
+from .noise import _argmin_refined, _map_site_strips, clipped_pixels, quiet_experts, site_grid, sites_to_pixels
+from .tables import expert_table
+
+LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= 0.5)][::2]  # ~15 % apart
+MAP_RADIUS = 4  # local window: (2 R + 1)^2 sites
+NLF_BINS = 16  # intensity bins of the noise-level function's fit
+# "auto" (:func:`choose`): the gain each model needs, (nats per site, nats per site times the noise variance)
+NEEDED_GAINS = {"nlf": (0.01, 0.0), "map": (0.15, 1e-3)}
+
+
+@dataclass
+class SiteEnergies:
+    """The quiet experts' energies ``(K, h, w)`` at ``levels`` ``(K,)`` of sites spaced ``stride`` pixels apart
+    with ``footprint x footprint`` pixels each, the sites' mean intensities and which are usable (no clipped
+    pixel)."""
+    energies: torch.Tensor
+    levels: torch.Tensor
+    means: torch.Tensor
+    valid: torch.Tensor
+    step: int  # sites kept along each direction, of the model's own (every patch, or every lattice cell)
+    shape: tuple
+
+
+@dataclass
+class NoiseEstimate:
+    """A blind estimate: the chosen noise ``model``, its per-pixel level ``sigma_map`` ``(H, W)`` ([0, 1] scale)
+    and what was fitted: the constant level, the noise-level function ``(a, b)``, the binned levels by
+    intensity, and each candidate's gain."""
+    model: str
+    sigma_map: np.ndarray
+    sigma: float
+    nlf: tuple[float, float]
+    curve: list = field(default_factory=list)
+    gains: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready, 0-255 scale for the levels (``a`` and ``b`` on the [0, 1] scale of ``sigma^2 = a x + b``)."""
+        return {"noise_model": self.model, "sigma_rms": round(255 * float(np.sqrt(np.mean(self.sigma_map**2))), 3),
+                "constant_sigma": round(255 * self.sigma, 3),
+                "nlf": {"a": self.nlf[0], "b": self.nlf[1],
+                        "curve": [{"intensity": round(x, 4), "sigma": round(255 * s, 3), "sites": n}
+                                  for x, s, n in self.curve]},
+                "gains": {name: round(value, 4) for name, value in self.gains.items()}}
+
+
+def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> SiteEnergies:
+    """:class:`SiteEnergies` of a gray image ``(H, W)`` (tensor on the model's device)."""
+    experts = quiet_experts(model)
+    if experts is None:
+        raise ValueError("blind noise models need the model's 'quiet' calibration (gmdm calibrate)")
+    rows, columns, footprint, stride = site_grid(model, image.shape)
+    step = 2 if stride == 1 else 1
+    index = torch.as_tensor(experts, device=image.device)
+    images = image[None, None].to(model.logits.dtype)
+
+    def keep(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:
+        return z[0, index, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
+
+    with torch.no_grad():
+        z = torch.cat(_map_site_strips(model, images, keep), 1)[None]  # (1, Q, h, w)
+        tables = [expert_table(model, float(time_from_sigma(float(s)))) for s in levels]
+        energies = torch.stack([_energy(model, table, z, index)[0].sum(0) for table in tables]).double()
+        pool = lambda x, op: op(x[None, None].to(images.dtype), footprint, stride)[0, 0, ::step, ::step]
+        means = pool(image, F.avg_pool2d).double()[:z.shape[-2], :z.shape[-1]]
+        clipped = pool(clipped_pixels(image).to(images.dtype), F.max_pool2d)[:z.shape[-2], :z.shape[-1]]
+    return SiteEnergies(energies, levels.to(energies), means, clipped == 0, step, tuple(image.shape))
+
+
+def _energy(model, table, z: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """``-log psi_j(z, t)`` of the ``experts`` from ``table``, responses beyond its grid (``gamma`` plus 10 of the
+    expert's standard deviations: levels far below the noise) by the mixture's Gaussian tail
+    ``(|z| - gamma)^2 / (2 sigma_j^2(t))`` from the grid's end instead of exactly: such a level is never an
+    argmin, and the exact mixtures there would cost more than all the rest."""
+    shape = (1, -1, 1, 1)
+    low, high = (end[experts].to(z).view(shape) for end in (table.low, table.high))
+    inside = torch.minimum(torch.maximum(z, low), high)
+    variance = table.variances64[experts].to(z).view(shape)
+    tail = ((z.abs() - model.gamma).square() - (inside.abs() - model.gamma).square()) / (2 * variance)
+    return table.energy(inside, experts) + tail
+
+
+def _box(values: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sum over ``(2 radius + 1)^2`` neighbours (zero outside), ``(..., h, w)``; separable."""
+    size = 2 * radius + 1
+    x = values.reshape(-1, 1, *values.shape[-2:])
+    x = F.conv2d(F.pad(x, (radius,) * 4), x.new_ones(1, 1, size, 1))
+    x = F.conv2d(x, x.new_ones(1, 1, 1, size))
+    return x.reshape(values.shape)
+
+
+def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
+    """Each site's energy at its own level ``sigma`` ``(h, w)``, interpolated linearly in ``log sigma``."""
+    log_levels = sites.levels.log()
+    position = (sigma.clamp(sites.levels[0], sites.levels[-1]).log() - log_levels[0]) / (log_levels[1] - log_levels[0])
+    position = position.clamp(0, len(log_levels) - 1 - 1e-9)
+    lower = position.floor().long()
+    low, high = (sites.energies.gather(0, (lower + d)[None])[0] for d in (0, 1))
+    return torch.lerp(low, high, position - lower)
+
+
+def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS) -> torch.Tensor:
+    """The argmin of each site's usable neighbours' summed energies ``(h, w)``; sites with none take the
+    argmin of all usable sites."""
+    weights = sites.valid.to(sites.energies.dtype)
+    pooled, counts = _box(sites.energies * weights, radius), _box(weights, radius)
+    overall = (sites.energies * weights).sum((1, 2)) / weights.sum().clamp_min(1)
+    return _argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
+
+
+def fit_nlf(sites: SiteEnergies, local: torch.Tensor, bins: int = NLF_BINS):
+    """The noise-level function ``sigma^2 = a x + b`` (``a, b >= 0``) and its binned curve
+    ``[(intensity, sigma, sites), ...]``: the usable sites are binned by mean intensity (equal counts); each
+    bin's level is the median of its sites' local levels (robust to the texture that raises some of them); ``(a,
+    b)`` is the fit of the bins' variances weighted by their counts, refined by maximum likelihood (the sum of
+    the usable sites' energies, minimised over ``(a, b)``)."""
+    means, levels = sites.means[sites.valid], local[sites.valid]
+    if means.numel() < 2 * bins:
+        sigma = float(levels.median()) if levels.numel() else float(local.median())
+        return (0.0, sigma**2), []
+    edges = torch.quantile(means, torch.linspace(0, 1, bins + 1, dtype=means.dtype))
+    which = torch.bucketize(means, edges[1:-1])
+    curve = []
+    for k in range(bins):
+        chosen = which == k
+        if int(chosen.sum()) > 0:
+            curve.append((float(means[chosen].mean()), float(levels[chosen].median()), int(chosen.sum())))
+    x, s, n = (np.array(v, dtype=np.float64) for v in zip(*curve))
+    a, b = _nonnegative_line(x, s**2, n)
+    a, b = _refine_nlf(sites, a, b)
+    return (a, b), curve
+
+
+def _nonnegative_line(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Weighted least-squares ``y ~ a x + b`` with ``a, b >= 0``."""
+    design = np.stack([x, np.ones_like(x)], 1) * np.sqrt(weights)[:, None]
+    a, b = np.linalg.lstsq(design, y * np.sqrt(weights), rcond=None)[0]
+    if a < 0:
+        return 0.0, float(max(np.average(y, weights=weights), 0))
+    if b < 0:
+        return float(max(np.sum(weights * x * y) / max(np.sum(weights * x * x), 1e-12), 0)), 0.0
+    return float(a), float(b)
+
+
+def _refine_nlf(sites: SiteEnergies, a: float, b: float, rounds: int = 3) -> tuple[float, float]:
+    """Coordinate search on ``(a, b)`` (factors 2^(+-1/2^k)) for the smallest summed energy of the usable
+    sites whose level the line gives (the maximum-likelihood noise-level function near the robust fit)."""
+    means, valid = sites.means, sites.valid
+    scale = max(a * float(means[valid].mean()) + b, 1e-8) if valid.any() else 1e-4
+
+    def cost(a_: float, b_: float) -> float:
+        sigma = (a_ * means + b_).clamp_min(1e-10).sqrt()
+        return float(energy_at(sites, sigma)[valid].sum())
+
+    best = cost(a, b)
+    a, b = max(a, 0.02 * scale), max(b, 0.02 * scale)  # a zero coefficient cannot be scaled
+    for k in range(rounds):
+        factor = 2 ** (1 / 2**k)
+        for which in (0, 1):
+            for f in (factor, 1 / factor):
+                trial = (a * f, b) if which == 0 else (a, b * f)
+                value = cost(*trial)
+                if value < best:
+                    best, (a, b) = value, trial
+    return a, b
+
+
+def pixel_levels(model, sites: SiteEnergies, per_site: torch.Tensor) -> torch.Tensor:
+    """Per-pixel levels ``(H, W)`` from levels of the sites: each site's level repeated over the sites it
+    stands for, then every pixel the mean of the sites that cover it."""
+    rows, columns, footprint, stride = site_grid(model, sites.shape)
+    full = per_site.repeat_interleave(sites.step, 0).repeat_interleave(sites.step, 1)[:rows, :columns]
+    return sites_to_pixels(full[None, None].float(), sites.shape, footprint, stride)
+
+
+def nlf_levels(model, image: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """``sqrt(a x + b)`` at every pixel, ``x`` the mean of the ``footprint x footprint`` block around it."""
+    footprint = site_grid(model, image.shape)[2]
+    x = image[None, None].double()
+    pad = footprint // 2
+    local = F.avg_pool2d(F.pad(x, (pad, footprint - 1 - pad) * 2, mode="replicate"), footprint, stride=1)[0, 0]
+    return (a * local + b).clamp_min(0).sqrt()
+
+
+def estimate_blind(model, image, noise_model: str = "auto", constant: float | None = None) -> NoiseEstimate:
+    """The blind noise estimate of a gray image ``(H, W)`` (numpy, [0, 1] scale).
+
+    Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`),
+    ``"nlf"`` (:func:`fit_nlf`) and ``"map"`` (:func:`local_levels`). Each candidate's *gain* is how much lower
+    the mean quiet energy of the usable sites is under it than under the best single level (a log-likelihood
+    ratio per site, in nats). ``noise_model="auto"`` chooses by the gains (:func:`choose`); any other of
+    :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global level, when already known.
+    """
+    from .noise import estimate_global_noise
+
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model '{noise_model}' (choose from {', '.join(NOISE_MODELS)})")
+    tensor = torch.as_tensor(np.asarray(image), dtype=model.logits.dtype, device=model.logits.device)
+    constant = estimate_global_noise(model, tensor)[0] if constant is None else constant
+    sites = site_energies(model, tensor)
+    local = local_levels(sites)
+    (a, b), curve = fit_nlf(sites, local)
+    sigma_nlf = (a * sites.means + b).clamp_min(1e-10).sqrt()
+    valid = sites.valid if sites.valid.any() else torch.ones_like(sites.valid)
+    best_single = float(sites.energies[:, valid].mean(1).min())
+    gains = {"nlf": best_single - float(energy_at(sites, sigma_nlf)[valid].mean()),
+             "map": best_single - float(energy_at(sites, local)[valid].mean())}
+    chosen = noise_model if noise_model != "auto" else choose(gains, constant)
+    if chosen == "constant":
+        sigma_map = torch.full(sites.shape, constant, dtype=torch.float64)
+    elif chosen == "nlf":
+        sigma_map = nlf_levels(model, tensor, a, b)
+    else:
+        sigma_map = pixel_levels(model, sites, local)
+    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
+
+
+def choose(gains: dict, sigma: float) -> str:
+    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind` and the global level
+    ``sigma``. The map always gains: by chance, up to ~0.06 nats per site whatever the level, and on texture,
+    which it reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed
+    fraction of the noise: up to 0.55 nats at sigma 5, 2e-4 nats times the variance). It is chosen when its gain
+    passes both parts of :data:`NEEDED_GAINS` and the noise-level function explains less than half of it. The
+    noise-level function has two parameters and cannot follow texture (gains below 0.004 nats on constant
+    noise): it needs 0.01 nats. Else one level. Set on BSDS400 training images (``benchmarks/blind.py --tune``,
+    ``benchmarks/results/blind.md``)."""
+    variance = max(sigma, 1 / 255) ** 2
+
+    def passes(name: str) -> bool:
+        nats, scaled = NEEDED_GAINS[name]
+        return gains[name] > nats and gains[name] * variance > scaled
+
+    if passes("map") and gains["nlf"] < 0.5 * gains["map"]:
+        return "map"
+    if passes("nlf"):
+        return "nlf"
+    return "constant"
+
+
+def blind_levels(model, image, noise_model: str = "auto",
+                 constant: float | None = None) -> tuple[np.ndarray, list[NoiseEstimate]]:
+    """Per-pixel noise levels of a numpy image ([0, 1] scale) by :func:`estimate_blind`: ``(H, W)`` for a gray
+    image, ``(H, W, 3)`` for a colour one (every RGB channel its own noise model: the noise of a camera's
+    channels differs), and the estimates. ``constant``: a gray image's global level, when already known."""
+    if image.ndim == 2:
+        estimate = estimate_blind(model, image, noise_model, constant)
+        return estimate.sigma_map, [estimate]
+    estimates = [estimate_blind(model, image[..., k], noise_model) for k in range(3)]
+    return np.stack([estimate.sigma_map for estimate in estimates], -1), estimates
