@@ -1,8 +1,7 @@
 """Noise estimation and blind denoising with a GMDM (Sec. 4.4, Figs. 3-4 of the paper).
 
     python benchmarks/noise.py --parts global --markdown benchmarks/results/noise-global.md
-    python benchmarks/noise.py --parts maps --map-images 4 --markdown benchmarks/results/noise-maps.md \
-        --figure benchmarks/results/fig4.png
+    python benchmarks/noise.py --parts figure --figure-images 4 --figure benchmarks/results/fig4.png
 
 In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image, not clipped):
 
@@ -10,10 +9,6 @@ In one run, on BSD68 (images in [0, 1], noise from a generator seeded per image,
   the calibrated global estimates (the default "auto", and the "flat", "quiet" and the paper's "mean-energy"
   argmins it is made of or compared with), with ``skimage.restoration.estimate_sigma`` (wavelet MAD; needs
   PyWavelets) beside them;
-* heteroscedastic (Fig. 3), on the first ``--map-images`` images: sigma 0.1 / 0.2 on a checkerboard of
-  64-pixel squares, and a horizontal ramp from 0.02 to 0.2: RMSE of the per-pixel map (the default, a box
-  average of the energies as before, and the raw per-patch argmin), and PSNR of blind EB-PA and HQS (estimated
-  map) against the same with the true map and with the single RMS sigma of the image;
 * Fig. 4: the expected normalised negative log-density of noisy patches, mean over the images, on a grid of
   the true noise level sigma and the model's sqrt(2t), with the argmin over t per sigma, as a PNG.
 """
@@ -30,11 +25,9 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (MAP_OPENING, MAP_WINDOW, apply_calibration, auto_estimate, calibration_for, map_calibration,
-                            map_from_energies, mean_patch_energy, patch_energies, raw_global_sigmas,
-                            response_histograms, sigma_levels)
+from gmdm_cli.noise import (apply_calibration, auto_estimate, calibration_for, mean_patch_energy, raw_global_sigmas,
+                            response_histograms)
 from gmdm_cli.training import find_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -64,51 +57,6 @@ def homoscedastic(model, images, seed, show):
             error = np.asarray(values[name]) - sigma
             cells.append(f"{np.abs(error).mean():.2f} / {error.mean():+.2f}")
         show(f"| {sigma} | " + " | ".join(cells) + " |")
-
-
-def heteroscedastic(model, images, seed, show):
-    show()
-    show("## Heteroscedastic noise (Fig. 3)")
-    show()
-    show("Map RMSE (0-255 scale) of the default map (energies pooled over 7x7 patches, opening 45, calibrated), of "
-         "a box average of the energies over 31x31 patches (the previous default) and of the raw per-patch argmin; "
-         "PSNR of blind denoising (default map) against denoising with the true map and with the single RMS sigma.")
-    show()
-    show("| pattern | map RMSE | box 31 | raw per patch | blind EB-PA | EB-PA, true map | EB-PA, RMS sigma "
-         "| blind HQS | HQS, true map | HQS, RMS sigma |")
-    show("|---" * 10 + "|")
-    for name in ("checkerboard 0.1 / 0.2", "ramp 0.02 -> 0.2"):
-        rows = {}
-        for index, clean in enumerate(images):
-            height, width = clean.shape
-            if name.startswith("checker"):
-                squares = (np.arange(height)[:, None] // 64 + np.arange(width)[None] // 64) % 2
-                truth = np.where(squares == 0, 0.1, 0.2)
-            else:
-                truth = np.array(np.broadcast_to(np.linspace(0.02, 0.2, width)[None], (height, width)))
-            noisy = clean + truth * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
-            levels = sigma_levels()
-            energies = patch_energies(model, tensor, levels)  # once for the three maps
-
-            def pixel_map(window, opening, calibration):
-                return apply_calibration(map_from_energies(model, energies, levels, noisy.shape, window, opening)
-                                         .double().numpy(), calibration)
-
-            estimated = pixel_map(MAP_WINDOW, MAP_OPENING, map_calibration(model))  # estimate_noise_map, on all levels
-            maps = {"map": estimated, "box": pixel_map(31, 1, calibration_for(model, "mean-energy")),
-                    "raw": pixel_map(1, 1, calibration_for(model, "mean-energy"))}
-            rms = float(np.sqrt(np.mean(truth**2)))
-            values = {key: 255 * np.sqrt(np.mean((value - truth) ** 2)) for key, value in maps.items()}
-            for method in ("ebpa", "hqs"):
-                for key, sigma in (("blind", estimated), ("true", truth), ("rms", rms)):
-                    values[f"{method} {key}"] = psnr(denoise_array(model, noisy, sigma, method), clean)
-            for key, value in values.items():
-                rows.setdefault(key, []).append(value)
-        means = {key: float(np.mean(values)) for key, values in rows.items()}
-        show(f"| {name} | {means['map']:.2f} | {means['box']:.2f} | {means['raw']:.2f} | "
-             + " | ".join(f"{means[f'{m} {k}']:.2f} dB" for m in ("ebpa", "hqs") for k in ("blind", "true", "rms"))
-             + " |")
 
 
 def figure4(model, images, seed, path: Path, show):
@@ -148,12 +96,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="7x7")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--map-images", type=int, default=8, help="images for the heteroscedastic part and Fig. 4")
+    parser.add_argument("--figure-images", type=int, default=8, help="images for Fig. 4")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--figure", type=Path, help="write Fig. 4 here (needs matplotlib)")
-    parser.add_argument("--parts", default="global,maps",
-                        help="comma-separated: global (homoscedastic), maps (heteroscedastic and, with --figure, "
-                             "Fig. 4)")
+    parser.add_argument("--parts", default="global",
+                        help="comma-separated: global (homoscedastic), figure (Fig. 4, with --figure); blind "
+                             "denoising of heteroscedastic noise: benchmarks/blind.py")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     model = load_model(args.model)
@@ -162,7 +110,7 @@ def main(argv=None) -> int:
              f"`python benchmarks/noise.py {' '.join(argv if argv is not None else sys.argv[1:])}`: model "
              f"{args.model} (calibration: {'yes' if model.metadata.get('noise_calibration') else 'none'}), "
              f"{len(images)} images of {args.data.name}"
-             + (f" (maps and Fig. 4: the first {min(args.map_images, len(images))})." if "maps" in parts else "."), ""]
+             + (f" (Fig. 4: the first {min(args.figure_images, len(images))})." if "figure" in parts else "."), ""]
 
     def show(line: str = "") -> None:
         print(line, flush=True)
@@ -171,10 +119,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     if "global" in parts:
         homoscedastic(model, images, args.seed, show)
-    if "maps" in parts:
-        heteroscedastic(model, images[: args.map_images], args.seed, show)
-        if args.figure:
-            figure4(model, images[: args.map_images], args.seed, args.figure, show)
+    if "figure" in parts and args.figure:
+        figure4(model, images[: args.figure_images], args.seed, args.figure, show)
     show()
     show(f"{time.perf_counter() - started:.0f} s")
     if args.markdown:

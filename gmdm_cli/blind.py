@@ -17,8 +17,9 @@ read texture as 10 % more noise at sigma 5. They are evaluated every second patc
 (a quarter of the patches; a band model's lattice cells all), at the levels of a geometric ladder.
 
 Clipped files: pixels at exactly 0 or 1 when the image's range ends there (8- or 16-bit files saturate)
-carry no noise, or a clipped one; every patch that holds one is left out of every estimate, and its
-level comes from its neighbours or the fitted model.
+carry no noise, or a clipped one; every patch that holds one or lies within a patch's width of one is left out
+of every estimate (:func:`~gmdm_cli.noise.usable_sites`), and its level comes from its neighbours or the
+fitted model.
 
 Which model: the likelihood always prefers the richest model, because it also explains texture; the choice is
 therefore made on the likelihood gain per site in units of the image's noise variance (the gain that a
@@ -38,21 +39,23 @@ import torch.nn.functional as F
 from .choices import NOISE_MODELS
 from .denoisers import LADDER_LEVELS
 from .model import time_from_sigma
-from .noise import _argmin_refined, _map_site_strips, clipped_pixels, quiet_experts, site_grid, sites_to_pixels
+from .noise import _argmin_refined, _map_site_strips, quiet_experts, site_grid, sites_to_pixels, usable_sites
 from .tables import expert_table
 
 LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= 0.5)][::2]  # ~15 % apart
 MAP_RADIUS = 4  # local window: (2 R + 1)^2 sites
 NLF_BINS = 16  # intensity bins of the noise-level function's fit
 # "auto" (:func:`choose`): the gain each model needs, (nats per site, nats per site times the noise variance)
-NEEDED_GAINS = {"nlf": (0.01, 0.0), "map": (0.15, 1e-3)}
+NEEDED_GAINS = {"nlf": (0.01, 1e-4), "map": (0.15, 1e-3)}
+SPREAD_LIMIT = 1.5  # typical local level over the global one above which the noise is not one level
+NLF_CAP = 1.2  # the noise-level function's levels stay below this times the local ones
 
 
 @dataclass
 class SiteEnergies:
-    """The quiet experts' energies ``(K, h, w)`` at ``levels`` ``(K,)`` of sites spaced ``stride`` pixels apart
-    with ``footprint x footprint`` pixels each, the sites' mean intensities and which are usable (no clipped
-    pixel)."""
+    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` at
+    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, the sites' mean intensities and which
+    are usable (:func:`~gmdm_cli.noise.usable_sites`)."""
     energies: torch.Tensor
     levels: torch.Tensor
     means: torch.Tensor
@@ -85,9 +88,8 @@ class NoiseEstimate:
 
 def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> SiteEnergies:
     """:class:`SiteEnergies` of a gray image ``(H, W)`` (tensor on the model's device)."""
-    experts = quiet_experts(model)
-    if experts is None:
-        raise ValueError("blind noise models need the model's 'quiet' calibration (gmdm calibrate)")
+    experts = quiet_experts(model)  # without a calibration (a model just trained): all experts, texture-prone
+    experts = list(range(model.num_filters)) if experts is None else experts
     rows, columns, footprint, stride = site_grid(model, image.shape)
     step = 2 if stride == 1 else 1
     index = torch.as_tensor(experts, device=image.device)
@@ -100,10 +102,10 @@ def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> 
         z = torch.cat(_map_site_strips(model, images, keep), 1)[None]  # (1, Q, h, w)
         tables = [expert_table(model, float(time_from_sigma(float(s)))) for s in levels]
         energies = torch.stack([_energy(model, table, z, index)[0].sum(0) for table in tables]).double()
-        pool = lambda x, op: op(x[None, None].to(images.dtype), footprint, stride)[0, 0, ::step, ::step]
-        means = pool(image, F.avg_pool2d).double()[:z.shape[-2], :z.shape[-1]]
-        clipped = pool(clipped_pixels(image).to(images.dtype), F.max_pool2d)[:z.shape[-2], :z.shape[-1]]
-    return SiteEnergies(energies, levels.to(energies), means, clipped == 0, step, tuple(image.shape))
+        means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
+        usable = usable_sites(model, images)
+        valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
+    return SiteEnergies(energies, levels.to(energies), means, valid, step, tuple(image.shape))
 
 
 def _energy(model, table, z: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -244,26 +246,34 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     best_single = float(sites.energies[:, valid].mean(1).min())
     gains = {"nlf": best_single - float(energy_at(sites, sigma_nlf)[valid].mean()),
              "map": best_single - float(energy_at(sites, local)[valid].mean())}
-    chosen = noise_model if noise_model != "auto" else choose(gains, constant)
+    typical = float(local[valid].median())
+    chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
         sigma_map = torch.full(sites.shape, constant, dtype=torch.float64)
-    elif chosen == "nlf":
-        sigma_map = nlf_levels(model, tensor, a, b)
+    elif chosen == "nlf":  # never above what the local energies allow (texture only raises them)
+        sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), NLF_CAP * pixel_levels(model, sites, local))
     else:
         sigma_map = pixel_levels(model, sites, local)
     return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
 
 
-def choose(gains: dict, sigma: float) -> str:
-    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind` and the global level
-    ``sigma``. The map always gains: by chance, up to ~0.06 nats per site whatever the level, and on texture,
-    which it reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed
-    fraction of the noise: up to 0.55 nats at sigma 5, 2e-4 nats times the variance). It is chosen when its gain
-    passes both parts of :data:`NEEDED_GAINS` and the noise-level function explains less than half of it. The
-    noise-level function has two parameters and cannot follow texture (gains below 0.004 nats on constant
-    noise): it needs 0.01 nats. Else one level. Set on BSDS400 training images (``benchmarks/blind.py --tune``,
-    ``benchmarks/results/blind.md``)."""
-    variance = max(sigma, 1 / 255) ** 2
+def choose(gains: dict, constant: float, typical: float) -> str:
+    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind`, the global level
+    ``constant`` and the ``typical`` local level (the median over the image).
+
+    The map always gains: by chance, up to ~0.06 nats per site whatever the level, and on texture, which it
+    reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed fraction of
+    the noise: up to 0.55 nats at sigma 5, 2e-4 nats times the variance). It is chosen when its gain passes both
+    parts of :data:`NEEDED_GAINS` (the variance: the typical level's) and the noise-level function explains less
+    than half of it. The noise-level function has two parameters and follows texture much less, but at low noise
+    texture whose amount goes with the intensity passes for it (0.2 nats at sigma 5 on training images): it
+    needs :data:`NEEDED_GAINS` ``["nlf"]``, and its levels are capped at :data:`NLF_CAP` times the local ones.
+    Else one level, unless the typical level is more than
+    :data:`SPREAD_LIMIT` times the global one: the global estimate reads the flattest regions, and noise whose
+    typical level is far above theirs is not one level (denoising at the quietest level left 4-8 dB of noise in
+    smooth fields); then the map. Set on BSDS400 training images (``benchmarks/blind.py --data
+    ../shared/data/bsds400``, ``benchmarks/results/blind.md``)."""
+    variance = max(typical, 1 / 255) ** 2
 
     def passes(name: str) -> bool:
         nats, scaled = NEEDED_GAINS[name]
@@ -273,7 +283,7 @@ def choose(gains: dict, sigma: float) -> str:
         return "map"
     if passes("nlf"):
         return "nlf"
-    return "constant"
+    return "map" if typical > SPREAD_LIMIT * constant else "constant"
 
 
 def blind_levels(model, image, noise_model: str = "auto",
