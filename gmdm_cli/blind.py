@@ -226,13 +226,14 @@ def nlf_levels(model, image: torch.Tensor, a: float, b: float) -> torch.Tensor:
 def estimate_blind(model, image, noise_model: str = "auto", constant: float | None = None) -> NoiseEstimate:
     """The blind noise estimate of a gray image ``(H, W)`` (numpy, [0, 1] scale).
 
-    Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`),
+    Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`;
+    the median local level for a model without a ``"flat"`` calibration),
     ``"nlf"`` (:func:`fit_nlf`) and ``"map"`` (:func:`local_levels`). Each candidate's *gain* is how much lower
     the mean quiet energy of the usable sites is under it than under the best single level (a log-likelihood
     ratio per site, in nats). ``noise_model="auto"`` chooses by the gains (:func:`choose`); any other of
     :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global level, when already known.
     """
-    from .noise import estimate_global_noise
+    from .noise import calibration_for, estimate_global_noise
 
     if noise_model not in NOISE_MODELS:
         raise ValueError(f"unknown noise model '{noise_model}' (choose from {', '.join(NOISE_MODELS)})")
@@ -247,6 +248,8 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     gains = {"nlf": best_single - float(energy_at(sites, sigma_nlf)[valid].mean()),
              "map": best_single - float(energy_at(sites, local)[valid].mean())}
     typical = float(local[valid].median())
+    if calibration_for(model, "flat") is None:  # a raw flat estimate reads low (it keeps the quietest windows)
+        constant = typical
     chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
         sigma_map = torch.full(sites.shape, constant, dtype=torch.float64)
