@@ -21,11 +21,10 @@ carry no noise, or a clipped one; every patch that holds one or lies within a pa
 of every estimate (:func:`~gmdm_cli.noise.usable_sites`), and its level comes from its neighbours or the
 fitted model.
 
-Which model: the likelihood always prefers the richest model, because it also explains texture; the choice is
-therefore made on the likelihood gain per site in units of the image's noise variance (the gain that a
-misfit of the level by a given *fraction* brings does not depend on the level), against thresholds set on
-BSDS400 training images so that constant noise keeps the constant model (``benchmarks/blind.py``,
-``benchmarks/results/blind.md``).
+Which model: the likelihood always prefers the richest model, because it also explains texture; :func:`choose`
+therefore compares each model's gain over the best single level (nats per site) with what chance and texture
+give on constant noise (texture adds a fixed variance, so its gain scales as ``1 / sigma^2``), with thresholds
+set on BSDS400 training images (``benchmarks/blind.py``, ``benchmarks/results/blind.md``).
 """
 
 from __future__ import annotations
