@@ -374,18 +374,11 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
             report.error(path, error)
             continue
         seconds = time.perf_counter() - started
-        chosen = [estimate.model for estimate in estimates]
-        how = f"sigma {sigma:g}" if used is None else f"noise map, mean sigma {255 * float(used.mean()):.2f}"
-        how = how if not chosen else f"blind: {'/'.join(chosen)} noise, mean sigma {255 * float(used.mean()):.2f}"
+        how, fields = _noise_used(sigma, used, estimates)
         report.info(f"{path} -> {target} ({method}, {how}, {seconds:.2f} s)")
         if as_json:
-            record = {"path": str(path), "status": "ok", "output": str(target), "method": method,
-                      "model": model_name, "seconds": round(seconds, 3)}
-            record.update({"sigma": sigma} if used is None else {"sigma_map_mean": round(255 * float(used.mean()), 3)})
-            if estimates:
-                record["noise_model"] = chosen[0] if len(chosen) == 1 else chosen
-                record["noise_estimates"] = [estimate.summary() for estimate in estimates]
-            click.echo(json.dumps(record))
+            click.echo(json.dumps({"path": str(path), "status": "ok", "output": str(target), "method": method,
+                                   "model": model_name, "seconds": round(seconds, 3), **fields}))
         report.advance()
     report.finish()
 
@@ -597,12 +590,8 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
                 _check_target(target, overwrite, inputs)
             image, _ = _read_input(path, max_pixels)
             sigma, levels, estimates = estimate_noise_models(model, image, estimator, noise_model)
-            chosen = [estimate.model for estimate in estimates]
             record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator,
-                      "noise_model": chosen[0] if len(chosen) == 1 else chosen}
-            if nlf:
-                fits = [{"a": e.nlf[0], "b": e.nlf[1], "curve": e.summary()["nlf"]["curve"]} for e in estimates]
-                record["nlf"] = fits[0] if len(fits) == 1 else fits
+                      **_noise_models_record(estimates, nlf)}
             if noise_map:
                 _write_levels(targets[0], 255 * levels)
                 _write_levels(targets[1], 255 * levels)
@@ -617,13 +606,11 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
         if as_json:
             click.echo(json.dumps({**record, "status": "ok"}))
         else:
-            click.echo(f"{path}: sigma {record['sigma']:.2f}, noise model {'/'.join(chosen)}"
+            click.echo(f"{path}: sigma {record['sigma']:.2f}, noise model "
+                       f"{'/'.join(estimate.model for estimate in estimates)}"
                        + (f" (maps: {targets[0]}, {targets[1]})" if noise_map else ""))
-            for name, estimate in zip(("",) if len(estimates) == 1 else ("R ", "G ", "B "), estimates if nlf else []):
-                a, b = estimate.nlf
-                click.echo(f"  {name}noise-level function: sigma^2 = {a:.3g} x + {b:.3g} (x, sigma in [0, 1]); "
-                           f"sigma at x = 0.1 / 0.5 / 0.9: " + " / ".join(
-                               f"{255 * (a * x + b) ** 0.5:.2f}" for x in (0.1, 0.5, 0.9)))
+            for line in _nlf_lines(estimates) if nlf else []:
+                click.echo(line)
         report.advance()
     report.finish()
 
@@ -676,6 +663,44 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, o
     for row, true in enumerate(sigmas):
         click.echo(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))
     click.echo(f"wrote {output}", err=True)
+
+
+def _noise_used(sigma, levels, estimates) -> tuple[str, dict]:
+    """How ``denoise`` saw the noise of one input: words for its line, and its JSON fields (the level, or the
+    map's mean and, when blind, the noise models)."""
+    if levels is None:
+        return f"sigma {sigma:g}", {"sigma": sigma}
+    mean = 255 * float(levels.mean())
+    if not estimates:
+        return f"noise map, mean sigma {mean:.2f}", {"sigma_map_mean": round(mean, 3)}
+    chosen = "/".join(estimate.model for estimate in estimates)
+    return (f"blind: {chosen} noise, mean sigma {mean:.2f}",
+            {"sigma_map_mean": round(mean, 3), **_noise_models_record(estimates, False),
+             "noise_estimates": [estimate.summary() for estimate in estimates]})
+
+
+def _noise_models_record(estimates, nlf: bool) -> dict:
+    """The JSON fields of the noise models of a gray image or of each RGB channel: the chosen ``noise_model``,
+    and with ``nlf`` the noise-level function's ``a``, ``b`` and binned curve."""
+    one = len(estimates) == 1
+    chosen = [estimate.model for estimate in estimates]
+    record = {"noise_model": chosen[0] if one else chosen}
+    if nlf:
+        fits = [{"a": e.nlf[0], "b": e.nlf[1], "curve": e.summary()["nlf"]["curve"]} for e in estimates]
+        record["nlf"] = fits[0] if one else fits
+    return record
+
+
+def _nlf_lines(estimates) -> list[str]:
+    """One line per gray or RGB channel: its noise-level function and the levels it gives (0-255)."""
+    names = ("",) if len(estimates) == 1 else ("R ", "G ", "B ")
+    lines = []
+    for name, estimate in zip(names, estimates):
+        a, b = estimate.nlf
+        levels = " / ".join(f"{255 * (a * x + b) ** 0.5:.2f}" for x in (0.1, 0.5, 0.9))
+        lines.append(f"  {name}noise-level function: sigma^2 = {a:.3g} x + {b:.3g} (x, sigma in [0, 1]); "
+                     f"sigma at x = 0.1 / 0.5 / 0.9: {levels}")
+    return lines
 
 
 def _write_levels(path: Path, levels) -> None:
