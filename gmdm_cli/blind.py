@@ -66,8 +66,8 @@ class SiteEnergies:
 @dataclass
 class NoiseEstimate:
     """A blind estimate: the chosen noise ``model``, its per-pixel level ``sigma_map`` ``(H, W)`` ([0, 1] scale)
-    and what was fitted: the constant level, the noise-level function ``(a, b)``, the binned levels by
-    intensity, and each candidate's gain."""
+    and what was fitted: the constant level (the median local level where the global one was not needed), the
+    noise-level function ``(a, b)``, the binned levels by intensity, and each candidate's gain."""
     model: str
     sigma_map: np.ndarray
     sigma: float
@@ -230,14 +230,15 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     ``"nlf"`` (:func:`fit_nlf`) and ``"map"`` (:func:`local_levels`). Each candidate's *gain* is how much lower
     the mean quiet energy of the usable sites is under it than under the best single level (a log-likelihood
     ratio per site, in nats). ``noise_model="auto"`` chooses by the gains (:func:`choose`); any other of
-    :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global level, when already known.
+    :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global level, when already known;
+    otherwise it is measured only if the choice needs it (most of the time of a blind estimate), and the
+    estimate's ``sigma`` is the median local level when it was not.
     """
     from .noise import calibration_for, estimate_global_noise
 
     if noise_model not in NOISE_MODELS:
         raise ValueError(f"unknown noise model '{noise_model}' (choose from {', '.join(NOISE_MODELS)})")
     tensor = torch.as_tensor(np.asarray(image), dtype=model.logits.dtype, device=model.logits.device)
-    constant = estimate_global_noise(model, tensor)[0] if constant is None else constant
     sites = site_energies(model, tensor)
     local = local_levels(sites)
     (a, b), curve = fit_nlf(sites, local)
@@ -249,19 +250,27 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     typical = float(local[valid].median())
     if calibration_for(model, "flat") is None:  # a raw flat estimate reads low (it keeps the quietest windows)
         constant = typical
-    chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
+
+    def global_level() -> float:
+        nonlocal constant
+        if constant is None:
+            constant = estimate_global_noise(model, tensor)[0]
+        return constant
+
+    chosen = noise_model if noise_model != "auto" else choose(gains, global_level, typical)
     if chosen == "constant":
-        sigma_map = torch.full(sites.shape, constant, dtype=torch.float64)
+        sigma_map = torch.full(sites.shape, global_level(), dtype=torch.float64)
     elif chosen == "nlf":  # never above what the local energies allow (texture only raises them)
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), NLF_CAP * pixel_levels(model, sites, local))
     else:
         sigma_map = pixel_levels(model, sites, local)
-    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
+    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), typical if constant is None else constant,
+                         (a, b), curve, gains)
 
 
-def choose(gains: dict, constant: float, typical: float) -> str:
-    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind`, the global level
-    ``constant`` and the ``typical`` local level (the median over the image).
+def choose(gains: dict, global_level, typical: float) -> str:
+    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind`, the global level (a function
+    that measures it: only the last step needs it) and the ``typical`` local level (the median over the image).
 
     The map always gains: by chance, up to ~0.06 nats per site whatever the level, and on texture, which it
     reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed fraction of
@@ -285,7 +294,7 @@ def choose(gains: dict, constant: float, typical: float) -> str:
         return "map"
     if passes("nlf"):
         return "nlf"
-    return "map" if typical > SPREAD_LIMIT * constant else "constant"
+    return "map" if typical > SPREAD_LIMIT * global_level() else "constant"
 
 
 def blind_levels(model, image, noise_model: str = "auto",
