@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .choices import NOISE_MODELS
-from .denoisers import LADDER_LEVELS
+from .denoisers import LADDER_LEVELS, ladder_position
 from .model import time_from_sigma
 from .noise import _argmin_refined, _map_site_strips, quiet_experts, site_grid, sites_to_pixels, usable_sites
 from .tables import expert_table
@@ -131,12 +131,9 @@ def _box(values: torch.Tensor, radius: int) -> torch.Tensor:
 
 def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
     """Each site's energy at its own level ``sigma`` ``(h, w)``, interpolated linearly in ``log sigma``."""
-    log_levels = sites.levels.log()
-    position = (sigma.clamp(sites.levels[0], sites.levels[-1]).log() - log_levels[0]) / (log_levels[1] - log_levels[0])
-    position = position.clamp(0, len(log_levels) - 1 - 1e-9)
-    lower = position.floor().long()
+    lower, fraction = ladder_position(sites.levels, sigma)
     low, high = (sites.energies.gather(0, (lower + d)[None])[0] for d in (0, 1))
-    return torch.lerp(low, high, position - lower)
+    return torch.lerp(low, high, fraction)
 
 
 def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS) -> torch.Tensor:

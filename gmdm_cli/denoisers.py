@@ -65,6 +65,16 @@ def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, table:
 LADDER_LEVELS = torch.logspace(-3, 0, 97, dtype=torch.float64)  # sigma: 0.001 to 1, 7.5 % apart
 
 
+def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``sigma`` falls on a geometric ladder ``levels`` (clamped to its ends): the index of the level below
+    and the fraction of the way, in ``log sigma``, to the next one; for linear interpolation in ``log sigma``."""
+    log_levels = levels.log()
+    position = (sigma.clamp(levels[0], levels[-1]).log() - log_levels[0]) / (log_levels[1] - log_levels[0])
+    position = position.clamp(0, len(levels) - 1 - 1e-9)
+    lower = position.floor().long()
+    return lower, position - lower
+
+
 def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> None:
     """Build the tables of the :data:`LADDER_LEVELS` that the times ``t`` need, before worker threads share
     them (:func:`~gmdm_cli.tables.expert_table` keeps them)."""
@@ -87,10 +97,8 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor) -
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
     levels = LADDER_LEVELS.to(sigma.device)
-    position = ((sigma.clamp(levels[0], levels[-1]).log() - levels[0].log())
-                / (levels[1].log() - levels[0].log())).clamp(0, len(levels) - 1 - 1e-9)
-    lower = position.floor().long()
-    fraction = (position - lower).to(z.dtype)
+    lower, fraction = ladder_position(levels, sigma)
+    fraction = fraction.to(z.dtype)
     flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
     result = torch.empty_like(flat)
     for k in torch.unique(lower).tolist():
@@ -134,7 +142,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
         return first, summed
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-            # tabulated experts for one t unless exact (built here, before the workers share them)
+        # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
         if times.dim() > 0 and not exact:
             ladder_tables(model, times)
@@ -274,8 +282,8 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA or HQS with every
     patch at the level of its centre pixel, ``boundary="valid"``), for a colour image also ``(H, W, 3)``, one
-    map per RGB channel (the noise of each colour space channel follows, :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` images are
-    denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
+    map per RGB channel (the noise of each colour space channel follows,
+    :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` images are denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
     :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
     over the model's default range of :func:`hqs_schedule` (default: ``HQS_ITERATIONS`` for patch models,
     ``BAND_HQS_ITERATIONS`` for band models). The image stays in host
