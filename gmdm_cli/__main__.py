@@ -1,5 +1,7 @@
 """``python -m gmdm_cli`` runs the ``gmdm`` command (and ``torchrun -m gmdm_cli train`` trains in parallel)."""
 
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

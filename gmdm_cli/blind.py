@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .choices import NOISE_MODELS
 from .denoisers import LADDER_LEVELS, ladder_position
+from .image_io import split_alpha
 from .model import time_from_sigma
 from .noise import _argmin_refined, _map_site_strips, quiet_experts, site_grid, sites_to_pixels, usable_sites
 from .tables import expert_table
@@ -298,7 +299,9 @@ def blind_levels(model, image, noise_model: str = "auto",
                  constant: float | None = None) -> tuple[np.ndarray, list[NoiseEstimate]]:
     """Per-pixel noise levels of a numpy image ([0, 1] scale) by :func:`estimate_blind`: ``(H, W)`` for a gray
     image, ``(H, W, 3)`` for a colour one (every RGB channel its own noise model: the noise of a camera's
-    channels differs), and the estimates. ``constant``: a gray image's global level, when already known."""
+    channels differs), and the estimates. ``constant``: a gray image's global level, when already known. An
+    alpha channel is left out."""
+    image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if image.ndim == 2:
         estimate = estimate_blind(model, image, noise_model, constant)
         return estimate.sigma_map, [estimate]

@@ -16,6 +16,8 @@ no filters, ``logits`` ``(M^2 - 1, L)`` and ``"bands": M`` in its metadata.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -23,7 +25,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .image_io import atomic_output
+from .errors import GmdmError
+from .image_io import shown, sniff_format, write_file
 from .band_model import BandGMDM
 from .model import PatchGMDM
 
@@ -33,14 +36,14 @@ FORMAT_VERSION = 1
 BUILTIN_MODELS = {"7x7": "gmdm-7x7.pt", "15x15": "gmdm-15x15.pt", "conv": "gmdm-conv.pt"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GmdmError):
     """A file that is not a usable gmdm checkpoint; the message names the file."""
 
 
 def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | None = None,
-                    training: dict | None = None) -> None:
-    """Write ``model`` (and optionally training state) to ``path`` atomically."""
-    path = Path(path)
+                    training: dict | None = None, overwrite: bool = True) -> None:
+    """Write ``model`` (and optionally training state) to ``path`` atomically; a failed write raises a
+    :class:`CheckpointError` and leaves any earlier file as it was (without ``overwrite``: never replaces one)."""
     shape = {"bands": model.bands} if isinstance(model, BandGMDM) else {"patch_size": model.patch_size}
     payload = {
         "format": BAND_FORMAT if isinstance(model, BandGMDM) else FORMAT,
@@ -59,55 +62,143 @@ def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | 
         payload["filters"] = model.filters.detach().cpu().clone()
     if training is not None:
         payload["training"] = training
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_file(path, buffer.getvalue(), overwrite, error=CheckpointError)
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """Why a file that starts with ``head`` cannot be a PyTorch checkpoint (a zip archive, or a pickle of
+    the format before PyTorch 1.6); None if it could be one."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "an empty file"
+    if sniff_format(head):
+        return "an image file, not a PyTorch checkpoint"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a PyTorch checkpoint file"
+    return ("a JSON file" if text.lstrip().startswith(("{", "[")) else "a text file") + ", not a PyTorch checkpoint"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dictionary at ``path``, validated; never unpickles code."""
+    """The checkpoint dictionary at ``path``, every field validated; never unpickles code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{shown(path)}: no such checkpoint file (built-in models: {', '.join(BUILTIN_MODELS)})")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError as error:
+        raise CheckpointError(f"{shown(path)}: cannot open ({error.strerror})") from None
+    reason = _not_a_checkpoint(head)
+    if reason is not None:
+        raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint ({reason})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = "a damaged or truncated PyTorch file"
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "it contains Python objects other than tensors and plain data, refused for safety"
-        raise CheckpointError(f"{path}: not a gmdm checkpoint ({reason})") from None
+        raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, BAND_FORMAT):
-        raise CheckpointError(f"{path}: not a gmdm checkpoint (no '{FORMAT}' or '{BAND_FORMAT}' format tag)")
+        raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint (a PyTorch file without the '{FORMAT}' or "
+                              f"'{BAND_FORMAT}' format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format version {payload.get('format_version')!r}")
-    metadata, logits = payload.get("metadata"), payload.get("logits")
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: checkpoint lacks its metadata")
-    if payload["format"] == BAND_FORMAT:
-        bands = metadata.get("bands")
-        if (not isinstance(logits, torch.Tensor) or not isinstance(bands, int) or bands < 2 or logits.dim() != 2
-                or logits.shape != (bands**2 - 1, metadata.get("num_components"))):
-            raise CheckpointError(f"{path}: band checkpoint's logits do not match {bands!r} bands and "
-                                  f"{metadata.get('num_components')!r} components")
-        if not torch.isfinite(logits).all():
-            raise CheckpointError(f"{path}: checkpoint holds NaN or infinite parameters")
-        return payload
-    filters = payload.get("filters")
-    if not isinstance(filters, torch.Tensor) or not isinstance(logits, torch.Tensor):
-        raise CheckpointError(f"{path}: checkpoint lacks 'filters' or 'logits' tensors")
-    size = metadata.get("patch_size")
-    if (not isinstance(size, int) or filters.dim() != 2 or logits.dim() != 2
-            or filters.shape != (size**2 - 1, size**2) or logits.shape[0] != size**2 - 1
-            or logits.shape[1] != metadata.get("num_components")):
-        raise CheckpointError(f"{path}: tensor shapes {tuple(filters.shape)}, {tuple(logits.shape)} "
-                              f"do not match patch size {size!r} and {metadata.get('num_components')!r} components")
-    if not (torch.isfinite(filters).all() and torch.isfinite(logits).all()):
-        raise CheckpointError(f"{path}: checkpoint holds NaN or infinite parameters")
+        raise CheckpointError(f"{shown(path)}: unsupported checkpoint format version "
+                              f"{payload.get('format_version')!r}")
+    try:
+        _validate(payload)
+    except ValueError as error:
+        raise CheckpointError(f"{shown(path)}: {error}") from None
     return payload
+
+
+def _count(value, name: str, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, not {value!r}")
+    return value
+
+
+def _positive(value, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _finite_tensor(value, name: str, shape: tuple) -> None:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ValueError(f"'{name}' must be a float tensor, not {type(value).__name__}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"'{name}' of shape {tuple(value.shape)} do not match the shape {shape} that its "
+                         f"metadata (patch size or bands, components) gives")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"'{name}' holds NaN or infinite parameters")
+
+
+def _validate(payload: dict) -> None:
+    """Every field a model, its noise calibration or ``--resume`` reads: a ``ValueError`` saying which is wrong."""
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict):
+        raise ValueError("checkpoint lacks its metadata")
+    components = _count(metadata.get("num_components"), "num_components", 2)
+    _positive(metadata.get("gamma", 1.0), "gamma")
+    if "sigma0" in metadata:
+        _positive(metadata["sigma0"], "sigma0")
+    if payload["format"] == BAND_FORMAT:
+        bands = _count(metadata.get("bands"), "bands", 2)
+        _finite_tensor(payload.get("logits"), "logits", (bands**2 - 1, components))
+    else:
+        size = _count(metadata.get("patch_size"), "patch_size", 2)
+        _finite_tensor(payload.get("filters"), "filters", (size**2 - 1, size**2))
+        _finite_tensor(payload.get("logits"), "logits", (size**2 - 1, components))
+    experts = payload["logits"].shape[0]
+    calibration = metadata.get("noise_calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            raise ValueError("noise_calibration must be a dictionary of curves")
+        curves = {"mean-energy": calibration} if "raw" in calibration else calibration
+        for name, curve in curves.items():
+            _validate_curve(name, curve, experts)
+    if "training" in payload:
+        _validate_training(payload["training"])
+
+
+def _validate_curve(name: str, curve, experts: int) -> None:
+    where = f"noise calibration '{name}'"
+    if not isinstance(curve, dict):
+        raise ValueError(f"{where} must be a dictionary")
+    raw, true = curve.get("raw"), curve.get("true")
+    numbers = all(isinstance(values, (list, tuple)) and len(values) >= 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+                  for values in (raw, true))
+    if not numbers or len(raw) != len(true) or any(b <= a for a, b in zip(raw, raw[1:])):
+        raise ValueError(f"{where} needs 'raw' and 'true': lists of the same length (>= 2) of finite numbers, "
+                         f"'raw' increasing")
+    chosen = curve.get("experts")
+    if chosen is not None and (not isinstance(chosen, (list, tuple)) or not chosen or any(
+            not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < experts for j in chosen)):
+        raise ValueError(f"{where}: 'experts' must list expert numbers from 0 to {experts - 1}")
+
+
+def _validate_training(training) -> None:
+    if not isinstance(training, dict) or not isinstance(training.get("config"), dict):
+        raise ValueError("its training state has no training configuration (use --init to fine-tune from it)")
+    _count(training.get("step"), "training step", 0)
+    if not isinstance(training.get("optimizer"), dict) or not isinstance(training.get("generator"), torch.Tensor):
+        raise ValueError("its training state lacks the optimiser or the random generator state")
+    config = training["config"]
+    _count(config.get("patch_size"), "training patch_size", 2)
+    for key in ("steps", "batch_size"):
+        if key in config:
+            _count(config[key], f"training {key}", 1)
 
 
 def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM | BandGMDM:
     """A :class:`PatchGMDM` (or :class:`~gmdm_cli.band_model.BandGMDM`) from a validated checkpoint dictionary."""
-    gamma = float(payload["metadata"].get("gamma", 1.0))
+    gamma = float(payload["metadata"].get("gamma", 1.0))  # validated by read_checkpoint
     if payload["format"] == BAND_FORMAT:
         model = BandGMDM(payload["metadata"]["bands"], payload["logits"].to(dtype), gamma)
     else:

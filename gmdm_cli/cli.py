@@ -6,7 +6,12 @@ answers at once.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,10 +19,33 @@ from pathlib import Path
 import click
 
 from .choices import NOISE_MODELS
+from .errors import GmdmError
+from .image_io import shown
 
 DEVICES = ("auto", "cpu", "cuda")
+BUILTIN_NAMES = "7x7, 15x15, conv"
 MAX_PIXELS = 250_000_000
 """Default of ``--max-pixels``: 250 Mpixel, about 2 GB as float64."""
+
+
+class _Finite(click.FloatRange):
+    """A float option in a range that also refuses NaN (which every comparison lets through)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+def _device_option(function):
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                        help="Where the numerics run: auto (CUDA when available, else the CPU), cpu or cuda.")(function)
+
+
+def _model_option(function):
+    return click.option("--model", "model_name", default="7x7", show_default=True,
+                        help=f"Built-in model ({BUILTIN_NAMES}) or a checkpoint path.")(function)
 
 
 def _device(name: str):
@@ -42,7 +70,7 @@ def _load_model(name: str, device, patch_only: bool = False):
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
     if patch_only and not hasattr(model, "patch_size"):
-        raise click.ClickException(f"{name}: a conv (band) model; this command works with patch models")
+        raise click.ClickException(f"{shown(name)}: a conv (band) model; this command works with patch models")
     return model
 
 
@@ -53,24 +81,48 @@ def _cached_model(path: str, device: str, stamp):
     return load_model(path, device=device)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return str(a) != "-" and str(b) != "-" and (a.resolve() == b.resolve() or (a.exists() and b.exists()
+                                                                              and os.path.samefile(a, b)))
+
+
 def _check_target(target: Path, overwrite: bool, inputs=()) -> None:
-    """Refuse to overwrite an input ever, or an existing file without --overwrite."""
-    if target.exists() and any(target.resolve() == Path(path).resolve() for path in inputs):
-        raise click.ClickException(f"{target}: refusing to overwrite the input")
+    """Refuse to overwrite anything the command reads (``inputs``: images, maps, models), ever, or an existing
+    file without --overwrite (checked again when the file is published, see image_io.atomic_output)."""
+    if any(_same_file(target, Path(path)) for path in inputs if path is not None):
+        raise click.ClickException(f"{shown(target)}: refusing to overwrite an input")
     if target.exists() and not overwrite:
-        raise click.ClickException(f"{target}: exists (use --overwrite to replace it)")
+        raise click.ClickException(f"{shown(target)}: exists (use --overwrite to replace it)")
     if not (target.parent if str(target.parent) else Path(".")).is_dir():
-        raise click.ClickException(f"{target}: folder {target.parent} does not exist")
+        raise click.ClickException(f"{shown(target)}: folder {shown(target.parent)} does not exist")
 
 
-def _sigmas(text: str) -> list[float]:
-    """Comma-separated noise levels on the 0-255 scale."""
+def _check_distinct(paths, what: str) -> None:
+    """A usage error if two of ``paths`` (files a command will write) are one file."""
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            if _same_file(Path(a), Path(b)):
+                raise click.UsageError(f"{what} would be written to the same file {shown(a)}")
+
+
+def _output_folder(folder: Path) -> None:
+    """Create a missing --output-dir (and its parents), the one rule of every command."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"{shown(folder)}: cannot create the output folder ({error.strerror})") from None
+    if not folder.is_dir():
+        raise click.ClickException(f"{shown(folder)}: not a folder")
+
+
+def _sigmas(text: str, option: str) -> list[float]:
+    """Comma-separated noise levels on the 0-255 scale (of ``option``)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers") from None
-    if not values or any(not 0 <= v <= 255 for v in values):
-        raise click.BadParameter(f"'{text}': noise levels must lie in [0, 255]")
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=option) from None
+    if not values or any(not 0 <= v <= 255 for v in values):  # NaN fails every comparison
+        raise click.BadParameter(f"'{text}': noise levels must lie in [0, 255]", param_hint=option)
     return values
 
 
@@ -87,8 +139,70 @@ def _tile(text: str) -> int | None:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _BrokenOutput(Exception):
+    """Standard output cannot be written (a full disk, ``> /dev/full``): the whole command stops."""
+
+
+def _out(text: str) -> None:
+    """A line of results on standard output."""
+    try:
+        click.echo(text)
+    except OSError as error:
+        if error.errno == errno.EPIPE:
+            raise
+        raise _BrokenOutput(f"<stdout>: cannot write ({error.strerror})") from None
+
+
+class _Commands(click.Group):
+    """The command group: an error the library reports for a file or setting (:class:`GmdmError`) or a failed
+    system call (a full disk, a file that cannot be opened) becomes one ``Error:`` line and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (GmdmError, _BrokenOutput) as error:
+            raise click.ClickException(_one_line(str(error))) from None
+        except OSError as error:
+            if error.errno == errno.EPIPE:
+                raise
+            where = f"{shown(error.filename)}: " if error.filename else ""
+            raise click.ClickException(f"{where}{error.strerror or _one_line(str(error))}") from None
+
+
+def _one_line(message: str) -> str:
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _threads(ctx, param, value):
+    """``--threads``: a count, or auto (:func:`gmdm_cli.cpu.default_threads`, unless ``OMP_NUM_THREADS`` says, or
+    a process that already runs torch has set its own). Set before torch starts where it has not."""
+    if value == "auto":
+        if "OMP_NUM_THREADS" in os.environ or "torch" in sys.modules:
+            return None
+        from .cpu import default_threads
+
+        count = default_threads()
+    else:
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise click.BadParameter(f"'{value}' is not 'auto' or a count >= 1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(count)
+    return count
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gmdm-cli", prog_name="gmdm")
+@click.option("--threads", default="auto", show_default=True, envvar="GMDM_THREADS", callback=_threads,
+              expose_value=False, is_eager=True,
+              help="CPU threads: a count, or auto: the CPUs this process may use (affinity and container quota) "
+                   "less those other processes keep busy now; OMP_NUM_THREADS, when set, decides instead. "
+                   "Environment: GMDM_THREADS.")
 def cli():
     """Image denoising with Gaussian Mixture Diffusion Models (GMDM).
 
@@ -97,7 +211,7 @@ def cli():
     """
 
 
-@cli.command()
+@cli.command(short_help="Train a GMDM on a folder of images (denoising score matching).")
 @click.argument("image_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (and to continue from with --resume).")
@@ -105,16 +219,16 @@ def cli():
               help="patch: the patch GMDM (Sec. 3.1); conv: the convolutional model of Sec. 3.2 made exact by "
                    "critically sampled bands (gmdm_cli.band_model).")
 @click.option("--patch-size", default=7, show_default=True, type=click.IntRange(2, 256),
-              help="Patch side b (at most 31); conv: the side of the training crops, a multiple of --bands "
-                   "[default: 8 x bands].")
+              help="patch: the patch side b, 2 to 31; conv: the side of the training crops, up to 256 and a "
+                   "multiple of --bands [conv default: 8 x bands].")
 @click.option("--bands", default=8, show_default=True, type=click.IntRange(2, 32),
               help="conv: bands per axis (M x M bands, M^2 - 1 experts).")
 @click.option("--steps", default=100_000, show_default=True, type=click.IntRange(1), help="Total optimiser steps.")
 @click.option("--batch-size", default=3200, type=click.IntRange(1),
               help="Patches per step [default: 3200; conv: 16 crops].")
-@click.option("--learning-rate", default=1e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--learning-rate", default=1e-2, show_default=True, type=_Finite(min=0, min_open=True),
               help="Initial Adam step size (cosine decay to 1% of it).")
-@click.option("--sigma-max", default=0.4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--sigma-max", default=0.4, show_default=True, type=_Finite(min=0, max=1, min_open=True),
               help="Noise levels sqrt(2t) are drawn from U[0, sigma_max] (0-1 scale).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, patches and noise.")
 @click.option("--loss", type=click.Choice(["norm", "squared", "noise"]), default="norm", show_default=True,
@@ -124,13 +238,14 @@ def cli():
               help="adam: Adam with a cosine learning-rate decay, then Algorithm 1; ipalm: the paper's iPALM "
                    "(step sizes by backtracking, Algorithm 1 as the filters' proximal map; --learning-rate unused).")
 @click.option("--init", "init_model", metavar="MODEL",
-              help="Start from this model (7x7, 15x15 or a checkpoint) with a fresh optimiser: fine-tuning.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+              help=f"Start from this model ({BUILTIN_NAMES} or a checkpoint) with a fresh optimiser: fine-tuning.")
+@_device_option
 @click.option("--resume", is_flag=True, help="Continue the run saved in --output (optimiser and RNG state included).")
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(1),
               help="Save the checkpoint every N steps (and at the end).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append 'step loss seconds' lines to this file every 100 steps.")
+              help="Write 'step loss seconds' lines to this new file every 100 steps and at the end (with --resume "
+                   "its run's log is appended to).")
 def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, learning_rate, sigma_max, seed, loss,
           optimizer, init_model, device, resume, checkpoint_every, log_path):
     """Train a GMDM by denoising score matching on the images in IMAGE_DIRS.
@@ -142,6 +257,8 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
 
     if init_model is not None and resume:
         raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
+    if log_path is not None and any(_same_file(log_path, Path(path)) for path in (output, init_model) if path):
+        raise click.UsageError("--log must name its own file (not the checkpoint)")
     try:
         initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
         source = click.get_current_context().get_parameter_source
@@ -169,7 +286,10 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
         if resume and taken is not None and source("device").name == "DEFAULT":  # stay where the run was
             import torch
 
-            recorded = generator_device(taken["training"]) if "training" in taken else "cpu"
+            if "training" not in taken:
+                raise CheckpointError(f"{shown(output)}: has no training state to resume from (use --init to "
+                                      f"fine-tune from it)")
+            recorded = generator_device(taken["training"])
             device = recorded if recorded == "cpu" or torch.cuda.is_available() else "cpu"
         summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
                                checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
@@ -210,14 +330,19 @@ class _Report:
                 click.echo(message, err=True)
 
     def error(self, path: Path, error: Exception) -> None:
-        """One input failed: say why (and, with --json, record it); go on with the next."""
+        """One input failed: say why in one line that names it (and, with --json, record it); go on with the
+        next."""
         import json
 
         self.failed += 1
         message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+        name = "<stdin>" if str(path) == "-" else shown(path)
+        if not message.startswith(f"{name}:"):
+            message = f"{name}: {message}"
+        message = _one_line(message)
         click.echo(f"Error: {message}", err=True)
         if self.as_json:
-            click.echo(json.dumps({"path": str(path), "status": "error", "error": message}))
+            _out(json.dumps({"path": str(path), "status": "error", "error": message}))
         self.advance()
 
     def advance(self) -> None:
@@ -229,6 +354,21 @@ class _Report:
             self.bar.stop()
         if self.failed:
             sys.exit(1)
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int):
+    """Yield ``advance()``: a progress bar of ``total`` steps on standard error when it is a terminal, else
+    nothing at all."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
 
 
 def _read_input(path: Path, max_pixels: int):
@@ -251,15 +391,15 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
                            help="Refuse larger inputs (width x height); 0: no limit.")
 
 
-@cli.command()
+@cli.command(short_help="Denoise images (known sigma, a sigma map, or --blind).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (one input only); the format follows its extension. '-': standard output.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write each result here under its input's file name.")
+              help="Write each result here under its input's file name (the folder is created if missing).")
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
               help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
-@click.option("--sigma", type=click.FloatRange(min=0, max=255, min_open=True),
+@click.option("--sigma", type=_Finite(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
 @click.option("--blind", is_flag=True,
               help="Estimate the noise first (one level, a noise-level function of the intensity, or a spatial "
@@ -268,8 +408,8 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
               help="With --blind: the noise model; auto chooses the one that explains the image best (by "
                    "likelihood), the others force one.")
 @click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
-              help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, the image's size; for a colour "
-                   "image also one map per RGB channel, H x W x 3).")
+              help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, every value in (0, 255] like --sigma, "
+                   "the image's size; for a colour image also one map per RGB channel, H x W x 3).")
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
               help="With --blind (one input): also save the estimated levels here (.tif or .npy: float32, "
                    "0-255 units; .png: a colour-mapped picture with a scale bar).")
@@ -283,9 +423,8 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--colour", type=click.Choice(["rgb", "opponent"]), default="rgb", show_default=True,
               help="Colour images: denoise R, G, B separately, or decorrelated opponent channels "
                    "(measured 0.2-0.5 dB worse with the gray prior; see the README).")
-@click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_model_option
+@_device_option
 @click.option("--tile", default="auto", show_default=True, callback=lambda ctx, param, value: _tile(value),
               help="Work in tiles of N x N pixels (same result, bounded memory); 0: the whole image at once; "
                    "auto: about 128 MiB of filter responses per tile.")
@@ -303,7 +442,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     import json
 
     from .denoisers import denoise_array
-    from .image_io import ImageError, encode_image, read_image, write_image
+    from .image_io import check_output_format, encode_image, write_image
     from .blind import blind_levels
 
     if (output is None) == (output_dir is None):
@@ -325,6 +464,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         raise click.UsageError("--json and -o - both write to standard output")
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("-o -: standard output is a terminal; redirect it to a file or a pipe")
+    _check_format(output, "-o/--output")
+    _check_format(noise_map_path, "--noise-map", (".png", ".tif", ".tiff", ".npy"))
     suffix = f".{output_format}" if output_format else None
     if output is not None:
         targets = [output]
@@ -333,68 +474,107 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         names = [target.name for target in targets]
         clashes = sorted({name for name in names if names.count(name) > 1})
         if clashes:
-            raise click.UsageError(f"several inputs would be written to {output_dir / clashes[0]} "
+            raise click.UsageError(f"several inputs would be written to {shown(output_dir / clashes[0])} "
                                    f"(inputs with the same file name)")
-        if not output_dir.is_dir():
-            raise click.ClickException(f"{output_dir}: output folder does not exist")
-    level = None
-    if sigma_map is not None:
-        try:
-            values, info = read_image(sigma_map, max_pixels=max_pixels or None)
-        except ImageError as error:
-            raise click.ClickException(str(error)) from None
-        if not info.dtype.kind == "f" or not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
-            raise click.ClickException(f"{sigma_map}: a noise map must be a float array of H x W or H x W x 3 "
-                                       "(.npy or float TIFF)")
-        level = values / 255
     if noise_map_path is not None:
-        _check_target(noise_map_path, overwrite, inputs)
+        _check_distinct([noise_map_path, *targets], "--noise-map and the result")
+    level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None
+    read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
+    if noise_map_path is not None:
+        _check_target(noise_map_path, overwrite, read)
+    if output_dir is not None:
+        _output_folder(output_dir)
     model = _load_model(model_name, _device(device))
     report = _Report(quiet, len(inputs), as_json)
     for path, target in zip(inputs, targets):
         started = time.perf_counter()
         try:
             if not to_stdout:
-                _check_target(target, overwrite, inputs)
+                _check_target(target, overwrite, read)
             image, info = _read_input(path, max_pixels)
+            check_output_format(f"<stdout>{suffix or '.png'}" if to_stdout else target, _channels(image))
             used, estimates = level, []
             if blind:
                 used, estimates = blind_levels(model, image, noise_model)
                 if noise_map_path is not None:
-                    _write_levels(noise_map_path, 255 * used)
+                    _write_levels(noise_map_path, 255 * used, overwrite)
             result = denoise_array(model, image, sigma / 255 if used is None else used, method, boundary, tile, colour,
                                    iterations)
             if to_stdout:
-                data = encode_image(result, suffix or ".png", info.dtype)
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+                _write_stdout(encode_image(result, suffix or ".png", info.dtype))
             else:
-                write_image(target, result, dtype=info.dtype)
-        except (ImageError, ValueError, click.ClickException) as error:
+                write_image(target, result, dtype=info.dtype, overwrite=overwrite)
+        except (GmdmError, ValueError, click.ClickException) as error:
             report.error(path, error)
             continue
         seconds = time.perf_counter() - started
         how, fields = _noise_used(sigma, used, estimates)
-        report.info(f"{path} -> {target} ({method}, {how}, {seconds:.2f} s)")
+        report.info(f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
         if as_json:
-            click.echo(json.dumps({"path": str(path), "status": "ok", "output": str(target), "method": method,
+            _out(json.dumps({"path": str(path), "status": "ok", "output": str(target), "method": method,
                                    "model": model_name, "seconds": round(seconds, 3), **fields}))
         report.advance()
     report.finish()
 
 
-@cli.command()
+def _channels(image) -> int:
+    return 1 if image.ndim == 2 else image.shape[2]
+
+
+def _check_format(path: Path | None, option: str, allowed=None) -> None:
+    """A usage error (exit 2, before any work) for an output file of a format gmdm does not write."""
+    from .image_io import IMAGE_EXTENSIONS
+
+    if path is None or str(path) == "-":
+        return
+    allowed = allowed or tuple(sorted(IMAGE_EXTENSIONS))
+    if path.suffix.lower() not in allowed:
+        raise click.BadParameter(f"{shown(path)}: unknown output format '{path.suffix or '(none)'}' (use one of "
+                                 f"{', '.join(allowed)})", param_hint=option)
+
+
+def _model_file(name: str) -> Path | None:
+    """The checkpoint file a --model names (None for a built-in model)."""
+    return None if name in BUILTIN_NAMES.split(", ") else Path(name)
+
+
+def _read_sigma_map(path: Path, max_pixels: int):
+    """A --sigma-map as levels on the [0, 1] scale: a float array, every value in (0, 255] (as --sigma)."""
+    from .image_io import read_image
+
+    values, info = read_image(path, max_pixels=max_pixels or None)
+    if not info.dtype.kind == "f" or not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
+        raise click.ClickException(f"{shown(path)}: a noise map must be a float array of H x W or H x W x 3 "
+                                   "(.npy or float TIFF)")
+    low, high = float(values.min()), float(values.max())
+    if low <= 0 or high > 255:
+        raise click.ClickException(f"{shown(path)}: noise map values must lie in (0, 255] like --sigma (found "
+                                   f"{low:g} to {high:g})")
+    return values / 255
+
+
+def _write_stdout(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as error:
+        if error.errno == errno.EPIPE:
+            raise
+        raise _BrokenOutput(f"<stdout>: cannot write ({error.strerror})") from None
+
+
+@cli.command(short_help="Denoise a built-in picture and print the PSNRs (no data needed).")
 @click.option("--image", type=click.Choice(["camera", "astronaut", "coins", "moon"]), default="camera",
               show_default=True, help="Image that ships with scikit-image (colour ones are used as gray).")
-@click.option("--sigma", default=25.0, show_default=True, type=click.FloatRange(min=0, max=255, min_open=True),
+@click.option("--sigma", default=25.0, show_default=True, type=_Finite(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
-@click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_model_option
+@_device_option
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write clean.png, noisy.png and denoised.png here.")
-def demo(image, sigma, seed, model_name, device, output_dir):
+              help="Also write clean.png, noisy.png and denoised.png here (the folder is created if missing).")
+@click.option("--overwrite", is_flag=True, help="Replace those files if they exist.")
+def demo(image, sigma, seed, model_name, device, output_dir, overwrite):
     """Denoise a noisy scikit-image picture and print the PSNRs: no data of yours needed."""
     import numpy as np
     from skimage import data
@@ -402,6 +582,11 @@ def demo(image, sigma, seed, model_name, device, output_dir):
     from .denoisers import denoise_array, psnr
     from .image_io import to_gray, write_image
 
+    targets = [output_dir / f"{name}.png" for name in ("clean", "noisy", "denoised")] if output_dir else []
+    if output_dir is not None:
+        _output_folder(output_dir)
+        for target in targets:
+            _check_target(target, overwrite)
     picture = getattr(data, image)()
     clean = to_gray(picture / 255.0)
     noisy = clean + sigma / 255 * np.random.default_rng(seed).standard_normal(clean.shape)
@@ -409,30 +594,28 @@ def demo(image, sigma, seed, model_name, device, output_dir):
     started = time.perf_counter()
     denoised = denoise_array(model, noisy, sigma / 255)
     seconds = time.perf_counter() - started
-    click.echo(f"{image} ({clean.shape[1]}x{clean.shape[0]}), sigma {sigma:g}: noisy {psnr(noisy, clean):.2f} dB, "
+    _out(f"{image} ({clean.shape[1]}x{clean.shape[0]}), sigma {sigma:g}: noisy {psnr(noisy, clean):.2f} dB, "
                f"EB-PA {model_name} {psnr(denoised, clean):.2f} dB ({seconds:.2f} s)")
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for name, array in (("clean", clean), ("noisy", noisy), ("denoised", denoised)):
-            write_image(output_dir / f"{name}.png", array)
+        for target, array in zip(targets, (clean, noisy, denoised)):
+            write_image(target, array, overwrite=overwrite)
         click.echo(f"wrote clean.png, noisy.png, denoised.png to {output_dir}", err=True)
 
 
-@cli.command()
+@cli.command(short_help="Draw patches from a model, or whole images by annealed Langevin.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help=".png: a tiled grid (every patch stretched to [0, 1]); .npy: the raw float values.")
-@click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15) or a checkpoint path.")
+@_model_option
 @click.option("--sigma", "sigma_text", default="0", show_default=True,
               help="Noise level(s) of the patches, 0-255 scale; comma-separated for one grid row block each "
-                   "(Fig. 2). With --size: the last level of the annealing schedule (default 2.55).")
-@click.option("-n", "count", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
-              help="Patches (or images, with --size) per noise level.")
+                   "(Fig. 2). With --size: the level the annealing ends at (at least 2.55).")
+@click.option("-n", "count", type=click.IntRange(1, 1_000_000),
+              help="Patches per noise level, or images with --size.  [default: 64 patches, 1 image]")
 @click.option("--size", help="Sample whole images of HEIGHTxWIDTH by annealed Langevin dynamics instead.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
               help="Langevin updates per noise level (with --size).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_device_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def sample(output, model_name, sigma_text, count, size, steps, seed, device, overwrite):
     """Draw patches exactly from the model (Corollary 2.1), or whole images by annealed Langevin."""
@@ -440,15 +623,16 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
     import torch
 
     from .diagnostics import patch_grid
-    from .image_io import ImageError, write_image
+    from .image_io import write_image
     from .sampling import langevin_schedule, sample_image, sample_patches
 
-    sigmas = _sigmas(sigma_text)
-    if output.suffix.lower() not in (".png", ".npy"):
-        raise click.BadParameter("the output must end in .png or .npy", param_hint="-o/--output")
-    _check_target(output, overwrite)
+    sigmas = _sigmas(sigma_text, "--sigma")
+    _check_format(output, "-o/--output", (".png", ".npy"))
+    shape = _sample_size(size, count or 1) if size is not None else None
+    _check_target(output, overwrite, [_model_file(model_name)])
     model = _load_model(model_name, _device(device), patch_only=True)
     generator = torch.Generator(device=model.filters.device).manual_seed(seed)
+    count = count or (64 if size is None else 1)
     if size is None:
         draws = np.stack([sample_patches(model, count, s / 255, generator).double().cpu().numpy() for s in sigmas])
         array = draws[0] if len(sigmas) == 1 else draws  # (N, b, b) or (levels, N, b, b)
@@ -456,27 +640,48 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
         image = np.concatenate([np.pad(patch_grid(block, columns), ((0, 2), (0, 0)), constant_values=1)
                                 for block in draws])[:-2]
     else:
-        try:
-            height, width = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise click.BadParameter(f"'{size}' is not HEIGHTxWIDTH", param_hint="--size") from None
-        if min(height, width) < model.patch_size or height * width > 4096 * 4096:
-            raise click.BadParameter(f"{size}: each side at least {model.patch_size}, at most 16 Mpixel",
-                                     param_hint="--size")
+        height, width = shape
+        if min(height, width) < model.patch_size:
+            raise click.BadParameter(f"{size}: each side at least {model.patch_size}", param_hint="--size")
         schedule = langevin_schedule(0.4, max(sigmas[-1], 2.55) / 255)
-        array = sample_image(model, height, width, count, generator, schedule, steps)[:, 0].double().cpu().numpy()
+        with _progress("sampling", len(schedule)) as advance:
+            array = sample_image(model, height, width, count, generator, schedule, steps, progress=advance)
+        array = array[:, 0].double().cpu().numpy()
         image = np.concatenate([np.pad(a, ((0, 0), (0, 2)), constant_values=1) for a in array], axis=1)[:, :-2]
         image = np.clip(image, 0, 1)
     zoom = max(1, 512 // max(image.shape))  # small grids are enlarged (nearest neighbour) for viewing
     image = np.kron(image, np.ones((zoom, zoom)))
+    write_image(output, array if output.suffix.lower() == ".npy" else image, overwrite=overwrite)
+    click.echo(f"wrote {shown(output)}", err=True)
+
+
+SAMPLE_PIXELS = 4096 * 4096
+SAMPLE_BYTES_PER_PIXEL = 220
+SAMPLE_BYTES_FIXED = 2**29
+"""Memory of annealed Langevin: measured as the peak resident memory (7x7 model, CPU) of one and of eight 512x512
+images, about 500 MiB and 880 MiB: a fixed part (the tiles of filter responses) and 220 bytes per pixel of every
+image (the images, their noise, scores and averaging weights, float32)."""
+
+
+def _sample_size(text: str, count: int) -> tuple[int, int]:
+    """--size as ``(height, width)``, refused before any work if one image is over 16 Mpixel or all of them would
+    need more memory than this machine has."""
     try:
-        write_image(output, array if output.suffix.lower() == ".npy" else image)
-    except ImageError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"wrote {output}", err=True)
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not HEIGHTxWIDTH", param_hint="--size") from None
+    if min(height, width) < 2 or height * width > SAMPLE_PIXELS:
+        raise click.BadParameter(f"{text}: each side at least 2, at most 16 Mpixel", param_hint="--size")
+    needed = SAMPLE_BYTES_PER_PIXEL * count * height * width + SAMPLE_BYTES_FIXED
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if available and needed > available:
+        raise click.BadParameter(f"{count} image(s) of {height}x{width} would need about {needed / 2**30:.1f} GiB "
+                                 f"of memory (this machine has {available / 2**30:.1f} GiB); draw fewer or smaller "
+                                 f"images", param_hint="--size")
+    return height, width
 
 
-@cli.command()
+@cli.command(short_help="Plot a model's filters and potentials (the paper's Fig. 1).")
 @click.argument("model_name", metavar="MODEL")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Figure to write (.png, .pdf or .svg).")
@@ -501,8 +706,9 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
     from .diagnostics import KAPPAS, inspect_figure, nmse
     from .training import PatchSampler, TrainingDataError, find_images, load_training_images
 
-    sigmas = [s / 255 for s in _sigmas(sigma_text)]
-    _check_target(output, overwrite)
+    sigmas = [s / 255 for s in _sigmas(sigma_text, "--sigmas")]
+    _check_format(output, "-o/--output", (".png", ".pdf", ".svg"))
+    _check_target(output, overwrite, [_model_file(model_name)])
     model = _load_model(model_name, torch.device("cpu"), patch_only=True)
     generator = torch.Generator().manual_seed(seed)
     samples = None
@@ -512,21 +718,17 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
         except TrainingDataError as error:
             raise click.ClickException(str(error)) from None
         samples = PatchSampler(images, model.patch_size).sample(patches, generator).to(model.filters.dtype)
-        click.echo("sigma (0-255)  " + "  ".join(f"NMSE k={k:<6g}" for k in KAPPAS))
+        _out("sigma (0-255)  " + "  ".join(f"NMSE k={k:<6g}" for k in KAPPAS))
         for sigma in sigmas:
             errors = nmse(model, samples, sigma, generator=generator)
-            click.echo(f"{255 * sigma:13g}  " + "  ".join(f"{errors[k]:12.4f}" for k in KAPPAS))
-    try:
-        inspect_figure(model, output, sigmas, samples, max_filters, generator)
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"{output}: cannot write figure ({str(error).splitlines()[0]})") from None
-    click.echo(f"wrote {output}", err=True)
+            _out(f"{255 * sigma:13g}  " + "  ".join(f"{errors[k]:12.4f}" for k in KAPPAS))
+    inspect_figure(model, output, sigmas, samples, max_filters, generator, overwrite)
+    click.echo(f"wrote {shown(output)}", err=True)
 
 
-@cli.command("estimate-noise")
+@cli.command("estimate-noise", short_help="Estimate the noise level, its noise model and per-pixel maps.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", default="7x7", show_default=True,
-              help="Built-in model (7x7, 15x15, conv) or a checkpoint path.")
+@_model_option
 @click.option("--map", "noise_map", is_flag=True,
               help="Also write the per-pixel noise levels of the noise model: <stem>_noise_map.tif (float32, "
                    "0-255; colour: one per RGB channel) and <stem>_noise_map.png (colour-mapped with a scale bar).")
@@ -540,14 +742,14 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
               help="The noise model of --map: auto chooses the one that explains the image best (one level, the "
                    "noise-level function, or a spatial map); the others force one.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the maps here instead of beside each input.")
+              help="Write the maps here instead of beside each input (the folder is created if missing).")
 @click.option("--estimator", type=click.Choice(["auto", "flat", "quiet", "mean-energy"]), default="auto",
               show_default=True,
               help="Global estimate: the argmin over t of the mean energy in the flattest regions (flat), of the "
                    "experts that content raises least (quiet), or of all patches (mean-energy, the paper's Fig. 4; "
                    "biased by texture); auto: flat below sigma 20, quiet above 40, blended between.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_device_option
 @_max_pixels
 @_quiet
 @click.option("--overwrite", is_flag=True, help="Replace existing map and plot files.")
@@ -561,17 +763,21 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
     """
     import json
 
-    from .image_io import ImageError
     from .noise import calibration_for, estimate_noise_models
 
-    if output_dir is not None and not output_dir.is_dir():
-        raise click.ClickException(f"{output_dir}: output folder does not exist")
     if noise_map and output_dir is None and any(str(path) == "-" for path in inputs):
         raise click.UsageError("--map of standard input ('-') needs --output-dir")
+    if plot_path is not None and len(inputs) > 1:
+        raise click.UsageError("--plot takes a single input")
+    _check_format(plot_path, "--plot", (".png", ".pdf", ".svg"))
+    maps = [_map_targets(path, output_dir) if noise_map else () for path in inputs]
+    _check_distinct([target for pair in maps for target in pair] + ([plot_path] if plot_path else []),
+                    "several maps (inputs with the same file name) or a map and the --plot")
+    read = [*inputs, _model_file(model_name)]
     if plot_path is not None:
-        if len(inputs) > 1:
-            raise click.UsageError("--plot takes a single input")
-        _check_target(plot_path, overwrite, inputs)
+        _check_target(plot_path, overwrite, read)
+    if output_dir is not None:
+        _output_folder(output_dir)
     model = _load_model(model_name, _device(device))
     report = _Report(quiet, len(inputs), as_json)
     if estimator == "auto" and calibration_for(model, "quiet") is None:
@@ -581,45 +787,49 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
     if calibration_for(model, measured) is None:
         report.info(f"note: model {model_name} has no calibration for the '{measured}' estimator; "
                     "estimates are raw (see gmdm calibrate)")
-    for path in inputs:
-        folder = output_dir if output_dir is not None else (path.parent if str(path.parent) else Path("."))
-        stem = "stdin" if str(path) == "-" else path.stem
-        targets = (folder / f"{stem}_noise_map.tif", folder / f"{stem}_noise_map.png") if noise_map else ()
+    for path, targets in zip(inputs, maps):
         try:
             for target in targets:
-                _check_target(target, overwrite, inputs)
+                _check_target(target, overwrite, read)
             image, _ = _read_input(path, max_pixels)
             sigma, levels, estimates = estimate_noise_models(model, image, estimator, noise_model)
             record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator,
                       **_noise_models_record(estimates, nlf)}
             if noise_map:
-                _write_levels(targets[0], 255 * levels)
-                _write_levels(targets[1], 255 * levels)
+                _write_levels(targets[0], 255 * levels, overwrite)
+                _write_levels(targets[1], 255 * levels, overwrite)
                 record.update(noise_map_tif=str(targets[0]), noise_map_png=str(targets[1]),
                               map_mean=round(float(255 * levels.mean()), 3))
             if plot_path is not None:
-                _write_nlf_plot(plot_path, estimates)
+                _write_nlf_plot(plot_path, estimates, overwrite)
                 record["plot"] = str(plot_path)
-        except (ImageError, ValueError, click.ClickException) as error:
+        except (GmdmError, ValueError, click.ClickException) as error:
             report.error(path, error)
             continue
         if as_json:
-            click.echo(json.dumps({**record, "status": "ok"}))
+            _out(json.dumps({**record, "status": "ok"}))
         else:
-            click.echo(f"{path}: sigma {record['sigma']:.2f}, noise model "
+            _out(f"{shown(path)}: sigma {record['sigma']:.2f}, noise model "
                        f"{'/'.join(estimate.model for estimate in estimates)}"
-                       + (f" (maps: {targets[0]}, {targets[1]})" if noise_map else ""))
+                       + (f" (maps: {shown(targets[0])}, {shown(targets[1])})" if noise_map else ""))
             for line in _nlf_lines(estimates) if nlf else []:
-                click.echo(line)
+                _out(line)
         report.advance()
     report.finish()
 
 
-@cli.command()
+def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
+    """The two noise-map files of an input: ``<stem>_noise_map.tif`` and ``.png``, in --output-dir or beside it."""
+    folder = output_dir if output_dir is not None else (path.parent if str(path.parent) else Path("."))
+    stem = "stdin" if str(path) == "-" else path.stem
+    return folder / f"{stem}_noise_map.tif", folder / f"{stem}_noise_map.png"
+
+
+@cli.command(short_help="Calibrate a model's noise estimates on clean images.")
 @click.argument("model_name", metavar="MODEL")
 @click.argument("image_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to write: MODEL with the calibration added to its metadata.")
+              help="Checkpoint to write: MODEL with the calibration added to its metadata (a new file).")
 @click.option("--images", "count", default=40, show_default=True, type=click.IntRange(1),
               help="Use this many images, evenly spread over the sorted list.")
 @click.option("--levels", help="Noise levels (0-255, comma-separated, at least two) at which to measure the "
@@ -629,39 +839,31 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
               type=click.Choice(["flat", "quiet", "mean-energy"]),
               help="Calibrate only these (repeatable) and keep the model's other curves [default: all three]. "
                    "quiet also chooses its experts (needs a level of at least 15).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (MODEL itself included).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never MODEL itself).")
 def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
-    from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
+    from .checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
     from .noise import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise, calibration_for
-    from .training import TrainingDataError, find_images, load_training_images, spread
+    from .training import find_images, load_training_images, spread
 
-    try:
-        sigmas = sorted({float(level) for level in levels.split(",")}) if levels else list(CALIBRATION_LEVELS)
-    except ValueError:
-        sigmas = []
-    if len(sigmas) < 2 or sigmas[0] < 0:
-        raise click.BadParameter(f"'{levels}' is not a list of at least two levels >= 0", param_hint="--levels")
-    _check_target(output, overwrite)
-    try:
-        payload = read_checkpoint(resolve_model_path(model_name))
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
+    sigmas = sorted(set(_sigmas(levels, "--levels"))) if levels else list(CALIBRATION_LEVELS)
+    if len(sigmas) < 2:
+        raise click.BadParameter(f"'{levels}' is not a list of at least two levels", param_hint="--levels")
+    paths = spread(find_images(image_dirs), count)
+    _check_target(output, overwrite, [resolve_model_path(model_name), *paths])
+    payload = read_checkpoint(resolve_model_path(model_name))
     model = model_from_checkpoint(payload)
-    try:
-        paths = spread(find_images(image_dirs), count)
-        images = [image.astype("float64") for image in load_training_images(paths, getattr(model, "patch_size", 1))]
-    except TrainingDataError as error:
-        raise click.ClickException(str(error)) from None
+    images = [image.astype("float64") for image in load_training_images(paths, getattr(model, "patch_size", 1))]
     calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED)
     for curve in calibration.values():
         curve["data"] = ", ".join(str(d) for d in image_dirs)
     kept = {name: calibration_for(model, name) for name in CALIBRATED if name not in calibration}
     curves = {**{name: curve for name, curve in kept.items() if curve}, **calibration}
-    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": curves}, payload.get("training"))
-    click.echo("sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)")
+    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": curves}, payload.get("training"),
+                    overwrite)
+    _out("sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)")
     for row, true in enumerate(sigmas):
-        click.echo(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))
+        _out(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))
     click.echo(f"wrote {output}", err=True)
 
 
@@ -703,7 +905,7 @@ def _nlf_lines(estimates) -> list[str]:
     return lines
 
 
-def _write_levels(path: Path, levels) -> None:
+def _write_levels(path: Path, levels, overwrite: bool = True) -> None:
     """Per-pixel noise levels (0-255 units, ``(H, W)`` or ``(H, W, 3)``): a colour-mapped picture with a scale
     bar for ``.png`` (the channels of a colour map side by side), float32 values otherwise."""
     import numpy as np
@@ -711,28 +913,36 @@ def _write_levels(path: Path, levels) -> None:
     from .image_io import write_image
 
     if path.suffix.lower() != ".png":
-        write_image(path, levels, dtype="float32")
+        write_image(path, levels, dtype="float32", overwrite=overwrite)
         return
     if levels.ndim == 3:
         gap = np.full((levels.shape[0], max(2, levels.shape[1] // 50)), np.nan)
         levels = np.concatenate([part for k in range(3) for part in (levels[..., k], gap)][:-1], 1)
-    _write_map_picture(path, levels)
+    _write_map_picture(path, levels, overwrite)
 
 
-def _write_nlf_plot(path: Path, estimates) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _write_nlf_plot(path: Path, estimates, overwrite: bool = True) -> None:
     """The noise level against the intensity: each channel's binned levels (dots) and its fitted noise-level
     function (line), 0-255 scale."""
     import numpy as np
 
-    try:
-        import matplotlib
-    except ImportError:
-        raise click.ClickException("--plot needs matplotlib (pip install 'gmdm-cli[plots]')") from None
-    from .image_io import atomic_output
+    from .image_io import write_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
+    if plt is None:
+        raise click.ClickException("--plot needs matplotlib (pip install 'gmdm-cli[plots]')")
     colours = ("black",) if len(estimates) == 1 else ("tab:red", "tab:green", "tab:blue")
     names = ("",) if len(estimates) == 1 else ("R ", "G ", "B ")
     figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
@@ -750,47 +960,62 @@ def _write_nlf_plot(path: Path, estimates) -> None:
     axis.set_ylim(bottom=0)
     axis.legend(fontsize=7)
     try:
-        with atomic_output(path, path.suffix or ".png") as temporary:
-            figure.savefig(temporary, bbox_inches="tight", format=(path.suffix.lstrip(".").lower() or "png"))
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"{path}: cannot write the plot ({str(error).splitlines()[0]})") from None
+        write_figure(path, figure, overwrite, bbox_inches="tight")
     finally:
         plt.close(figure)
 
 
-def _write_map_picture(path: Path, sigma_map) -> None:
-    """A noise map (0-255 units) as a colour picture with a labelled scale bar (matplotlib), or as
-    gray levels scaled to its maximum when matplotlib is not installed."""
-    from .image_io import write_image
-
-    try:
-        import matplotlib
-    except ImportError:
-        write_image(path, sigma_map / max(float(sigma_map.max()), 1e-12))
-        click.echo(f"{path}: gray levels 0-{float(sigma_map.max()):.1f} (install 'gmdm-cli[plots]' for a colour "
-                   f"map with a scale bar)", err=True)
-        return
-    from .image_io import atomic_output
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _write_map_picture(path: Path, sigma_map, overwrite: bool = True) -> None:
+    """A noise map (0-255 units; NaN: a gap) as a colour picture with a labelled scale bar (matplotlib), or as
+    8-bit gray levels scaled to its maximum when matplotlib is not installed (a note says the scale)."""
     import numpy as np
 
+    from .image_io import write_figure, write_image
+
+    plt = _pyplot()
+    if plt is None:
+        top = max(float(np.nanmax(sigma_map)), 1e-12)
+        write_image(path, np.nan_to_num(sigma_map / top), overwrite=overwrite)
+        click.echo(f"{shown(path)}: gray levels 0-255 stand for sigma 0-{top:.1f} (install 'gmdm-cli[plots]' for "
+                   f"a colour map with a scale bar)", err=True)
+        return
     height, width = sigma_map.shape
     figure, axis = plt.subplots(figsize=(max(3.0, width / 100 + 1.2), max(2.0, height / 100)), dpi=100)
-    sigma_map = np.ma.masked_invalid(sigma_map)
-    shown = axis.imshow(sigma_map, cmap="viridis")
+    picture = axis.imshow(np.ma.masked_invalid(sigma_map), cmap="viridis")
     axis.set_axis_off()
-    figure.colorbar(shown, ax=axis, label="noise sigma (0-255)")
+    figure.colorbar(picture, ax=axis, label="noise sigma (0-255)")
     try:
-        with atomic_output(path, ".png") as temporary:
-            figure.savefig(temporary, bbox_inches="tight")
+        write_figure(path, figure, overwrite, bbox_inches="tight")
     finally:
         plt.close(figure)
+
+
+def _terminate(signum, frame):
+    """SIGTERM (and SIGHUP) end the run like SIGINT does: through the ``finally`` blocks that remove temporary
+    files, with the shell's status 128 + the signal's number."""
+    raise SystemExit(128 + signum)
 
 
 def main():
-    cli(prog_name="gmdm")
+    """The ``gmdm`` entry point: signals that end the run clean up; a standard output that cannot be written
+    (a full disk, ``> /dev/full``) is one error line and status 1, not a traceback at exit."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _terminate)
+    status = 0
+    try:
+        cli(prog_name="gmdm")
+    except SystemExit as exit:
+        status = exit.code
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        if error.errno != errno.EPIPE and not status:  # not yet reported
+            click.echo(f"Error: <stdout>: cannot write ({error.strerror})", err=True)
+        status = status or 1
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's own flush at exit must not fail again
+        os.dup2(devnull, sys.stdout.fileno())
+    return status
 
 
 if __name__ == "__main__":

@@ -283,7 +283,7 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA or HQS with every
     patch at the level of its centre pixel, ``boundary="valid"``), for a colour image also ``(H, W, 3)``, one
     map per RGB channel (the noise of each colour space channel follows,
-    :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` images are denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
+    :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` (and gray + alpha ``(H, W, 2)``) images are denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
     :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
     over the model's default range of :func:`hqs_schedule` (default: ``HQS_ITERATIONS`` for patch models,
     ``BAND_HQS_ITERATIONS`` for band models). The image stays in host
@@ -295,16 +295,20 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
     import numpy as np
 
     from .colour import from_channels, noise_gains, to_channels
+    from .image_io import join_alpha, split_alpha
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     dtype = model.logits.dtype
+    image, alpha = split_alpha(np.asarray(image))
     gray = image.ndim == 2
-    channels = image[..., None] if gray else to_channels(image[..., :3], colour)
+    channels = image[..., None] if gray else to_channels(image, colour)
     gains = np.ones(1) if gray else noise_gains(colour)
     if iterations is None:
         iterations = BAND_HQS_ITERATIONS if isinstance(model, BandGMDM) else HQS_ITERATIONS
     stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
+    if not (np.all(np.isfinite(sigma)) and np.all(np.asarray(sigma) > 0)):
+        raise ValueError("noise levels must be positive and finite")
     if np.ndim(sigma) == 2 and np.shape(sigma) == image.shape[:2] and np.all(sigma == np.asarray(sigma).flat[0]):
         sigma = float(np.asarray(sigma).flat[0])  # a constant map is one level (one table, not a ladder)
     maps = None if np.ndim(sigma) == 0 else _channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
@@ -342,10 +346,12 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
             result = torch.cat([channel(k) for k in range(len(gains))])
     stack = None  # free it before the float64 output exists
     if gray:
-        return result[0, 0].numpy().astype(np.float64)
-    output = np.array(image, dtype=np.float64)
-    output[..., :3] = from_channels(np.moveaxis(result[:, 0].double().numpy(), 0, -1), colour)
-    return output
+        output = result[0, 0].numpy().astype(np.float64)
+    else:
+        output = from_channels(np.moveaxis(result[:, 0].double().numpy(), 0, -1), colour)
+    if not np.all(np.isfinite(output)):
+        raise ValueError("the result is not finite (the image's values are too far outside [0, 1])")
+    return join_alpha(output, alpha)
 
 
 def _channel_maps(sigma, image, colour: str):

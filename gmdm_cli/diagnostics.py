@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from .image_io import write_figure
 from .model import PatchGMDM, expert_log_density, time_from_sigma
 
 KAPPAS = (0.005, 0.01, 0.02)
@@ -63,9 +64,10 @@ def nmse(model: PatchGMDM, patches: torch.Tensor, sigma: float, kappas=KAPPAS, b
 
 
 def inspect_figure(model: PatchGMDM, path, sigmas=(0.0, 0.05, 0.1, 0.2), patches: torch.Tensor | None = None,
-                   max_filters: int = 48, generator: torch.Generator | None = None) -> None:
+                   max_filters: int = 48, generator: torch.Generator | None = None, overwrite: bool = True) -> None:
     """Fig. 1: filters (top), ``-log psi_j(., t)`` at ``sigmas`` (middle) and, given ``patches``,
-    the empirical ``-log h_j`` (bottom); saved to ``path``. Experts are sorted by filter norm."""
+    the empirical ``-log h_j`` (bottom); saved to ``path`` (atomically; without ``overwrite`` never over an
+    existing file). Experts are sorted by filter norm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,8 +114,10 @@ def inspect_figure(model: PatchGMDM, path, sigmas=(0.0, 0.05, 0.1, 0.2), patches
     figure.suptitle(f"GMDM {b}x{b}: filters, potentials -log psi_j (sigma = {labels} on the 0-255 scale)"
                     + (", empirical -log h_j" if patches is not None else ""), fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        write_figure(path, figure, overwrite, dpi=110)
+    finally:
+        plt.close(figure)
 
 
 def patch_grid(patches: np.ndarray, columns: int | None = None, gap: int = 1) -> np.ndarray:

@@ -36,6 +36,7 @@ import torch
 
 from .band_model import BandGMDM, band_coefficients
 from .model import PatchGMDM, expert_log_density, image_responses, map_strip_blocks, time_from_sigma
+from .image_io import split_alpha
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
 
@@ -399,8 +400,9 @@ def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, estimator: 
     noise level ``sigma / sqrt(3)`` for independent noise of level ``sigma`` in every channel) and reported per
     RGB channel. Estimates go through the model's calibration of each estimator when its checkpoint carries
     one. The map is the blind estimate of :func:`gmdm_cli.blind.blind_levels` with ``noise_model``: ``(H, W)``,
-    or ``(H, W, 3)`` for a colour image (every channel its own noise model).
+    or ``(H, W, 3)`` for a colour image (every channel its own noise model). An alpha channel is left out.
     """
+    image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if not noise_map:
         tensor, gain = _intensity(model, image)
         return estimate_global_noise(model, tensor, estimator)[0] / gain, None
@@ -414,7 +416,7 @@ def estimate_noise_models(model: PatchGMDM, image, estimator: str = "auto", nois
     per gray or RGB channel); a gray image's ``"auto"`` level is the constant model's, measured once."""
     from .blind import blind_levels
 
-    image = np.asarray(image, dtype=np.float64)
+    image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     tensor, gain = _intensity(model, image)
     sigma, _ = estimate_global_noise(model, tensor, estimator)
     known = sigma if image.ndim == 2 and estimator == "auto" else None
@@ -429,7 +431,7 @@ def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
     from .colour import noise_gains, to_channels
 
     image = np.asarray(image, dtype=np.float64)
-    gray = image if image.ndim == 2 else to_channels(image[..., :3], "opponent")[..., 0]
+    gray = image if image.ndim == 2 else to_channels(image, "opponent")[..., 0]
     gain = 1.0 if image.ndim == 2 else float(noise_gains("opponent")[0])
     return torch.as_tensor(gray, dtype=model.logits.dtype, device=model.logits.device), gain
 

@@ -67,10 +67,11 @@ def langevin_schedule(sigma_start: float = 0.4, sigma_end: float = 0.01, levels:
 
 def sample_image(model: PatchGMDM, height: int, width: int, count: int = 1,
                  generator: torch.Generator | None = None, schedule: list[float] | None = None,
-                 steps: int = 20, delta: float = 0.2) -> torch.Tensor:
+                 steps: int = 20, delta: float = 0.2, progress=None) -> torch.Tensor:
     """Whole images ``(count, 1, height, width)`` by annealed Langevin dynamics (module docstring).
 
     Starts from mid-gray plus noise of the first level; returns the Tweedie estimate at the last.
+    ``progress``: called with no arguments after every level of the schedule.
     """
     schedule = schedule or langevin_schedule()
     filters = model.filters
@@ -85,4 +86,6 @@ def sample_image(model: PatchGMDM, height: int, width: int, count: int = 1,
             for _ in range(steps):
                 noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = x + step * averaged_score(x, sigma) + math.sqrt(2 * step) * noise
+            if progress is not None:
+                progress()
         return x + schedule[-1] ** 2 * averaged_score(x, schedule[-1])

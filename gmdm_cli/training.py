@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from .band_model import BandGMDM
-from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, to_gray
+from .errors import GmdmError
+from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, shown, to_gray
 from .model import PatchGMDM, time_from_sigma
 from .projection import orthogonal_projection
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(GmdmError):
     """Training images that cannot be used; the message says which and why."""
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(GmdmError):
     """Options that do not fit the run (e.g. a batch that does not split over the processes)."""
 
 
@@ -338,6 +339,42 @@ def generator_device(state: dict) -> str:
     return state.get("generator_device", "cpu" if state["generator"].numel() > 16 else "cuda")
 
 
+LOG_EVERY = 100
+LOG_HEADER = "# gmdm train log: step, mean loss of the last 200 steps, seconds"
+
+
+def check_log(path: Path, resume: bool) -> None:
+    """A ``--log`` file may be new, or, with ``resume``, a gmdm training log to append to; any other existing file
+    (a training image, a checkpoint, someone's notes) is refused, never appended to."""
+    if not path.exists():
+        return
+    if not resume:
+        raise TrainingSetupError(f"{shown(path)}: exists (give a new log file, or --resume to append to its run's log)")
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(200).decode("utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        first = []
+    if " ".join(first) != LOG_HEADER and not (len(first) == 3 and all(_is_number(field) for field in first)):
+        raise TrainingSetupError(f"{shown(path)}: not a gmdm training log (refusing to append to it)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _open_log(path: Path):
+    """The log file for appending; a new one starts with :data:`LOG_HEADER`."""
+    new = not path.exists()
+    log = open(path, "a")
+    if new:
+        print(LOG_HEADER, file=log, flush=True)
+    return log
+
+
 def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu", resume: bool = False,
                  checkpoint_every: int = 1000, log_path: Path | None = None, progress: bool = True,
                  initial: dict | None = None, initial_name: str | None = None) -> dict:
@@ -351,11 +388,16 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     """
     import time
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_checkpoint
 
     output = Path(output)
+    if log_path is not None:
+        if Path(log_path).resolve() == output.resolve():
+            raise TrainingSetupError(f"{shown(log_path)}: --log and the checkpoint are the same file")
+        check_log(Path(log_path), resume)
     rank, world_size, device = distributed_setup(torch.device(device))
     progress, log_path = progress and rank == 0, log_path if rank == 0 else None
     previous = None
@@ -425,24 +467,24 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
                                                      "wall_seconds": elapsed}, trainer.state())
         return final_loss
 
-    log = open(log_path, "a") if log_path is not None else None
+    log = _open_log(log_path) if log_path is not None else None
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeRemainingColumn()]
+    console = Console(stderr=True)
     try:
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with Progress(*columns, console=console, disable=not (progress and console.is_terminal)) as bar:
             task = bar.add_task("train", total=config.steps, completed=trainer.step, loss="-")
             started = time.perf_counter() - elapsed
             while trainer.step < config.steps:
                 recent.append(trainer.train_step())
                 del recent[:-window]
                 elapsed = time.perf_counter() - started
-                if trainer.step % 100 == 0:
-                    bar.update(task, completed=trainer.step, loss=f"{sum(recent) / len(recent):.3e}")
-                    if log is not None:
-                        print(trainer.step, f"{sum(recent) / len(recent):.6e}", f"{elapsed:.1f}", file=log, flush=True)
+                mean = sum(recent) / len(recent)
+                bar.update(task, completed=trainer.step, loss=f"{mean:.3e}")
+                if log is not None and (trainer.step % LOG_EVERY == 0 or trainer.step == config.steps):
+                    print(trainer.step, f"{mean:.6e}", f"{elapsed:.1f}", file=log, flush=True)
                 if trainer.step % checkpoint_every == 0:
                     save()
-            bar.update(task, completed=trainer.step)
     finally:
         if log is not None:
             log.close()

@@ -44,8 +44,9 @@ def test_jpeg_and_colour(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
-    (b"", "cannot read image"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot read image"),
+    (b"", "empty file"),
+    (b"not an image", "not an image"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot decode the PNG data"),
 ])
 def test_unreadable_files_raise_image_error(tmp_path, content, message):
     path = tmp_path / "x.png"
