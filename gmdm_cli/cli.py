@@ -372,17 +372,20 @@ def _progress(description: str, total: int):
 
 
 def _read_input(path: Path, max_pixels: int):
-    """Read an input image; ``-`` is standard input."""
-    from .image_io import read_image
+    """Read an input image; ``-`` is standard input, read up to the most bytes an image within ``max_pixels``
+    can take (float64 RGBA ``.npy``: 32 bytes a pixel, and 1 MiB of headers)."""
+    from .image_io import ImageError, read_image
 
-    if str(path) == "-":
-        data = sys.stdin.buffer.read()
-        if not data:
-            from .image_io import ImageError
-
-            raise ImageError("<stdin>: no data")
-        return read_image("<stdin>", data=data, max_pixels=max_pixels or None)
-    return read_image(path, max_pixels=max_pixels or None)
+    if str(path) != "-":
+        return read_image(path, max_pixels=max_pixels or None)
+    limit = 32 * max_pixels + 2**20 if max_pixels else None
+    data = sys.stdin.buffer.read(limit + 1) if limit else sys.stdin.buffer.read()
+    if not data:
+        raise ImageError("<stdin>: no data")
+    if limit and len(data) > limit:
+        raise ImageError(f"<stdin>: more than {limit} bytes, more than an image of --max-pixels {max_pixels} "
+                         f"pixels takes")
+    return read_image("<stdin>", data=data, max_pixels=max_pixels or None)
 
 
 OUTPUT_FORMATS = ("png", "tif", "jpg", "bmp", "npy")

@@ -185,6 +185,7 @@ CASES = [  # (arguments, exit code, words the error must contain)
     (["bad\nname.png", "-o", "out.png", "--sigma", "25"], 1, "'bad\\nname.png': not an image"),
     (GOOD + ["--max-pixels", "1023"], 1, "good.png: 64x64 pixels is over the limit of 1023"),
     (["/dev/null", "-o", "out.png", "--sigma", "25"], 1, "/dev/null: not a regular file"),
+    (["-", "-o", "out.png", "--sigma", "25", "--max-pixels", "1"], 1, "<stdin>: more than 1048608 bytes"),
 ]
 
 
@@ -199,7 +200,8 @@ def test_bad_input_fails_cleanly(tmp_path, monkeypatch, camera, arguments, code,
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(content)
     before = _digest(tmp_path)
-    result = CliRunner().invoke(cli, ["denoise", *arguments, "--device", "cpu"], input=b"")
+    stdin = b"\0" * 2**21 if "--max-pixels" in arguments else b""
+    result = CliRunner().invoke(cli, ["denoise", *arguments, "--device", "cpu"], input=stdin)
     assert result.exit_code == code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
