@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.band_model import BandGMDM, band_denoise
-from gmdm_cli.denoisers import band_hqs, ebpa, hqs, hqs_schedule, psnr
+from gmdm_cli.band_model import band_denoise, band_hqs
+from gmdm_cli.denoisers import ebpa, hqs, hqs_schedule, psnr
 from gmdm_cli.image_io import read_image
 from gmdm_cli.training import find_images, spread
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model = load_model(args.model, device=args.device)
-    baseline_method, hqs_method = (band_denoise, band_hqs) if isinstance(model, BandGMDM) else (ebpa, hqs)
+    baseline_method, hqs_method = (band_denoise, band_hqs) if model.kind == "conv" else (ebpa, hqs)
     images = training_crops(args.data, args.images, args.crop)
     sigmas = [float(s) / 255 for s in args.sigmas.split(",")]
     grid = list(itertools.product(*[[float(v) for v in text.split(",")] for text in
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             baseline = [psnr(baseline_method(model, y, sigma).cpu().numpy(), x) for x, y in zip(images, noisy)]
             for row, (iterations, start, end, weight) in enumerate(grid):
-                schedule = hqs_schedule(sigma, int(iterations), start, end)
+                schedule = hqs_schedule(int(iterations), start, end)
                 values = [psnr(hqs_method(model, y, sigma, schedule, weight).cpu().numpy(), x)
                           for x, y in zip(images, noisy)]
                 gains[row, column] = np.mean(values) - np.mean(baseline)

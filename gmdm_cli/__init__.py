@@ -25,7 +25,8 @@ def load_model(name="7x7", device="cpu"):
 
     Returns
     -------
-    model : gmdm_cli.model.PatchGMDM
+    model : gmdm_cli.kinds.GMDM
+        A :class:`gmdm_cli.model.PatchGMDM` or :class:`gmdm_cli.band_model.BandGMDM`.
     """
     from .checkpoint import load_model as _load
 
@@ -36,9 +37,9 @@ def _model(model):
     """A loaded model as it is; a name or path loaded once per process and file version (its expert tables
     are kept with it)."""
     from .checkpoint import resolve_model_path
-    from .model import PatchGMDM
+    from .kinds import is_model
 
-    if isinstance(model, PatchGMDM):
+    if is_model(model):
         return model
     path = resolve_model_path(model)
     return _loaded(str(path), path.stat().st_mtime_ns if path.is_file() else None)
@@ -62,7 +63,7 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         ``(H, W)`` of it (colour: also ``(H, W, 3)``, one map per channel). Leave it out with ``blind=True``.
     method : {"ebpa", "hqs"}
         Empirical-Bayes patch averaging (Sec. 4.3 of the paper) or half-quadratic splitting.
-    model : str, path or PatchGMDM
+    model : str, path or model
         Built-in model name, checkpoint path, or a loaded model.
     blind : bool
         Estimate the noise first (:func:`estimate_noise_model`) and denoise with the per-pixel levels of the
@@ -127,7 +128,7 @@ def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model=
         Gray ``(H, W)`` or colour ``(H, W, 3|4)`` image, float values on the [0, 1] scale.
     map : bool
         Also estimate the noise level pixel by pixel (:func:`estimate_noise_model`'s levels).
-    model : str, path or PatchGMDM
+    model : str, path or model
         Built-in model name, checkpoint path, or a loaded model.
     estimator : {"auto", "flat", "quiet", "mean-energy"}
         ``"flat"``: the argmin over t in the image's flattest regions (robust to texture, the best at low noise);
@@ -171,7 +172,7 @@ def estimate_noise_model(image, noise_model="auto", model="7x7"):
         files are fine: saturated pixels are left out).
     noise_model : {"auto", "constant", "nlf", "map"}
         ``"auto"`` chooses by the likelihood gains; the others force one.
-    model : str, path or PatchGMDM
+    model : str, path or model
         Built-in model name, checkpoint path, or a loaded model.
 
     Returns

@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .denoisers import hqs_schedule, hqs_updates
 from .model import MixtureExperts, expert_log_density, expert_score, initial_logits, time_from_sigma
 
 
@@ -68,6 +69,76 @@ class BandGMDM(MixtureExperts):
     def log_normaliser(self) -> torch.Tensor:
         """0: the transform is orthonormal (compare :meth:`gmdm_cli.model.PatchGMDM.log_normaliser`)."""
         return self.logits.new_zeros(())
+
+    # --- the model protocol (gmdm_cli.kinds.GMDM) ---
+
+    kind = "conv"
+    projected = ()
+    exact_patches = False
+    shape_fields = ("bands",)
+
+    def smallest_side(self) -> int:
+        return self.bands
+
+    def site_grid(self, shape) -> tuple[int, int, int, int]:
+        """The ``M x M`` lattice cells."""
+        height, width = shape
+        m = self.bands
+        if min(height, width) < m:
+            raise ValueError(f"image of {width}x{height} pixels is smaller than the model's {m}x{m} lattice cells")
+        return height // m, width // m, m, m
+
+    def site_inputs(self, images: torch.Tensor, function) -> list:
+        """The coefficients of the modelled bands, all at once (the image cropped to multiples of ``M``)."""
+        rows, columns, m, _ = self.site_grid(images.shape[-2:])
+        return [function(0, rows, band_coefficients(self, images[..., :rows * m, :columns * m])[:, 1:])]
+
+    def tweedie_correction(self, images: torch.Tensor, t) -> torch.Tensor:
+        """The cycle-spun correction (:func:`band_denoise`) of every image."""
+        sigma = math.sqrt(2 * float(t))
+        return torch.stack([band_denoise(self, image[0], sigma)[None] for image in images]) - images
+
+    def denoise(self, noisy: torch.Tensor, sigma, method: str, iterations: int | None = None,
+                boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
+        """The cycle-spun Tweedie estimate (``"ebpa"``, :func:`band_denoise`) or :func:`band_hqs`, on the model's
+        device; it mirrors the borders itself (``boundary`` and ``tile`` do not apply)."""
+        device, dtype = self.logits.device, self.logits.dtype
+        level = torch.as_tensor(sigma, dtype=dtype, device=device)
+        image = noisy.to(device=device, dtype=dtype)
+        if method == "ebpa":
+            result = band_denoise(self, image, level)
+        else:
+            schedule = hqs_schedule(iterations or BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END)
+            result = band_hqs(self, image, level, schedule)
+        return result.to(noisy.device)
+
+    def checkpoint_fields(self) -> dict:
+        return {"logits": self.logits.detach().cpu().clone(), "metadata": {"bands": self.bands}}
+
+    @classmethod
+    def expected_shapes(cls, metadata: dict) -> dict:
+        return {"logits": (metadata["bands"] ** 2 - 1, metadata["num_components"])}
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, dtype=torch.float32) -> "BandGMDM":
+        return cls(payload["metadata"]["bands"], payload["logits"].to(dtype), float(payload["metadata"].get("gamma", 1)))
+
+    @classmethod
+    def for_training(cls, config) -> "BandGMDM":
+        """The initial model of a training run on crops of ``config.patch_size`` pixels."""
+        if config.patch_size % config.bands:
+            raise ValueError(f"crops of {config.patch_size} pixels do not split into {config.bands} bands")
+        return cls.initial(config.bands)
+
+    @staticmethod
+    def adopt(config, metadata: dict) -> None:
+        """Fit a training ``config`` to a model of ``metadata`` that a run starts from: its bands."""
+        config.bands = metadata["bands"]
+
+    @staticmethod
+    def run_metadata(config) -> dict:
+        """The side of the training crops."""
+        return {"crop_size": config.patch_size}
 
 
 @functools.lru_cache(maxsize=16)
@@ -183,3 +254,23 @@ def _mirror(images: torch.Tensor, top: int, bottom: int, left: int, right: int) 
         images = F.pad(images, step, mode="reflect")
         left, right, top, bottom = (value - s for value, s in zip((left, right, top, bottom), step))
     return images
+
+
+BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END, BAND_HQS_DATA_WEIGHT = 4, 0.7, 1 / 64, 36.0  # tuned on BSDS400
+
+
+def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
+             data_weight: float | None = None) -> torch.Tensor:
+    """:func:`hqs` with the band model's prior ``sum_s log f(shift_s x, t)`` over the ``M^2`` lattice shifts, which
+    counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
+    beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) of
+    a gray image ``(H, W)``. ``sigma``: a number, or a per-pixel map ``(H, W)``; ``schedule``: times relative to
+    ``sigma^2`` (:func:`~gmdm_cli.denoisers.hqs_schedule`). Default schedule ``hqs_schedule(BAND_HQS_ITERATIONS,
+    BAND_HQS_START, BAND_HQS_END)`` (4 steps from ``0.7 sigma^2 / 2`` to ``sigma^2 / 128``) and data weight ``BAND_HQS_DATA_WEIGHT``
+    (36): the band model's own choice, best of 153 settings on BSDS400 crops (``benchmarks/tune_hqs.py --model
+    conv``, ``benchmarks/results/hqs-tuning-conv.md``); it gains only about 0.05 dB over the cycle-spun Tweedie
+    estimate, which already averages ``M^2`` estimates."""
+    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
+    relative = hqs_schedule(BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END) if schedule is None else schedule
+    weight = BAND_HQS_DATA_WEIGHT if data_weight is None else data_weight
+    return hqs_updates(noisy, relative, weight, model.bands**2, lambda x, r: band_denoise(model, x, (2 * r) ** 0.5 * sigma))

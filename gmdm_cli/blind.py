@@ -39,7 +39,7 @@ from .choices import NOISE_MODELS
 from .denoisers import LADDER_LEVELS, ladder_position
 from .image_io import split_alpha
 from .model import time_from_sigma
-from .noise import _argmin_refined, _map_site_strips, quiet_experts, site_grid, sites_to_pixels, usable_sites
+from .noise import _argmin_refined, quiet_experts, sites_to_pixels, usable_sites
 from .tables import expert_table
 
 LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= 0.5)][::2]  # ~15 % apart
@@ -90,7 +90,7 @@ def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> 
     """:class:`SiteEnergies` of a gray image ``(H, W)`` (tensor on the model's device)."""
     experts = quiet_experts(model)  # without a calibration (a model just trained): all experts, texture-prone
     experts = list(range(model.num_filters)) if experts is None else experts
-    rows, columns, footprint, stride = site_grid(model, image.shape)
+    rows, columns, footprint, stride = model.site_grid(image.shape)
     step = 2 if stride == 1 else 1
     index = torch.as_tensor(experts, device=image.device)
     images = image[None, None].to(model.logits.dtype)
@@ -99,7 +99,7 @@ def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> 
         return z[0, index, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
 
     with torch.no_grad():
-        z = torch.cat(_map_site_strips(model, images, keep), 1)[None]  # (1, Q, h, w)
+        z = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, Q, h, w)
         tables = [expert_table(model, float(time_from_sigma(float(s)))) for s in levels]
         energies = torch.stack([_energy(model, table, z, index)[0].sum(0) for table in tables]).double()
         means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
@@ -206,14 +206,14 @@ def _refine_nlf(sites: SiteEnergies, a: float, b: float, rounds: int = 3) -> tup
 def pixel_levels(model, sites: SiteEnergies, per_site: torch.Tensor) -> torch.Tensor:
     """Per-pixel levels ``(H, W)`` from levels of the sites: each site's level repeated over the sites it
     stands for, then every pixel the mean of the sites that cover it."""
-    rows, columns, footprint, stride = site_grid(model, sites.shape)
+    rows, columns, footprint, stride = model.site_grid(sites.shape)
     full = per_site.repeat_interleave(sites.step, 0).repeat_interleave(sites.step, 1)[:rows, :columns]
     return sites_to_pixels(full[None, None].float(), sites.shape, footprint, stride)
 
 
 def nlf_levels(model, image: torch.Tensor, a: float, b: float) -> torch.Tensor:
     """``sqrt(a x + b)`` at every pixel, ``x`` the mean of the ``footprint x footprint`` block around it."""
-    footprint = site_grid(model, image.shape)[2]
+    footprint = model.site_grid(image.shape)[2]
     x = image[None, None].double()
     pad = footprint // 2
     local = F.avg_pool2d(F.pad(x, (pad, footprint - 1 - pad) * 2, mode="replicate"), footprint, stride=1)[0, 0]

@@ -27,11 +27,8 @@ import torch
 from . import __version__
 from .errors import GmdmError
 from .image_io import shown, sniff_format, write_file
-from .band_model import BandGMDM
-from .model import PatchGMDM
+from .kinds import GMDM, KINDS, format_of, kind_class, kind_of_format
 
-FORMAT = "gmdm-patch"
-BAND_FORMAT = "gmdm-band"
 FORMAT_VERSION = 1
 BUILTIN_MODELS = {"7x7": "gmdm-7x7.pt", "15x15": "gmdm-15x15.pt", "conv": "gmdm-conv.pt"}
 
@@ -40,26 +37,24 @@ class CheckpointError(GmdmError):
     """A file that is not a usable gmdm checkpoint; the message names the file."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: PatchGMDM, metadata: dict | None = None,
+def save_checkpoint(path: str | os.PathLike, model: GMDM, metadata: dict | None = None,
                     training: dict | None = None, overwrite: bool = True) -> None:
     """Write ``model`` (and optionally training state) to ``path`` atomically; a failed write raises a
     :class:`CheckpointError` and leaves any earlier file as it was (without ``overwrite``: never replaces one)."""
-    shape = {"bands": model.bands} if isinstance(model, BandGMDM) else {"patch_size": model.patch_size}
+    fields = model.checkpoint_fields()
     payload = {
-        "format": BAND_FORMAT if isinstance(model, BandGMDM) else FORMAT,
+        "format": format_of(model),
         "format_version": FORMAT_VERSION,
-        "logits": model.logits.detach().cpu().clone(),
+        **{name: tensor for name, tensor in fields.items() if name != "metadata"},
         "metadata": {
             **(metadata or {}),
-            **shape,
+            **fields["metadata"],
             "num_components": model.num_components,
             "gamma": model.gamma,
             "sigma0": model.sigma0,
             "version": __version__,
         },
     }
-    if not isinstance(model, BandGMDM):
-        payload["filters"] = model.filters.detach().cpu().clone()
     if training is not None:
         payload["training"] = training
     buffer = io.BytesIO()
@@ -103,9 +98,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "it contains Python objects other than tensors and plain data, refused for safety"
         raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint ({reason})") from None
-    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, BAND_FORMAT):
-        raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint (a PyTorch file without the '{FORMAT}' or "
-                              f"'{BAND_FORMAT}' format tag)")
+    if not isinstance(payload, dict) or kind_of_format(payload.get("format")) is None:
+        tags = " or ".join(f"'{tag}'" for tag, _, _ in KINDS.values())
+        raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint (a PyTorch file without the {tags} format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{shown(path)}: unsupported checkpoint format version "
                               f"{payload.get('format_version')!r}")
@@ -147,13 +142,11 @@ def _validate(payload: dict) -> None:
     _positive(metadata.get("gamma", 1.0), "gamma")
     if "sigma0" in metadata:
         _positive(metadata["sigma0"], "sigma0")
-    if payload["format"] == BAND_FORMAT:
-        bands = _count(metadata.get("bands"), "bands", 2)
-        _finite_tensor(payload.get("logits"), "logits", (bands**2 - 1, components))
-    else:
-        size = _count(metadata.get("patch_size"), "patch_size", 2)
-        _finite_tensor(payload.get("filters"), "filters", (size**2 - 1, size**2))
-        _finite_tensor(payload.get("logits"), "logits", (size**2 - 1, components))
+    kind = kind_class(kind_of_format(payload["format"]))
+    for field in kind.shape_fields:
+        _count(metadata.get(field), field, 2)
+    for name, shape in kind.expected_shapes({**metadata, "num_components": components}).items():
+        _finite_tensor(payload.get(name), name, shape)
     experts = payload["logits"].shape[0]
     calibration = metadata.get("noise_calibration")
     if calibration is not None:
@@ -196,13 +189,9 @@ def _validate_training(training) -> None:
             _count(config[key], f"training {key}", 1)
 
 
-def model_from_checkpoint(payload: dict, dtype=torch.float32) -> PatchGMDM | BandGMDM:
-    """A :class:`PatchGMDM` (or :class:`~gmdm_cli.band_model.BandGMDM`) from a validated checkpoint dictionary."""
-    gamma = float(payload["metadata"].get("gamma", 1.0))  # validated by read_checkpoint
-    if payload["format"] == BAND_FORMAT:
-        model = BandGMDM(payload["metadata"]["bands"], payload["logits"].to(dtype), gamma)
-    else:
-        model = PatchGMDM(payload["filters"].to(dtype), payload["logits"].to(dtype), gamma)
+def model_from_checkpoint(payload: dict, dtype=torch.float32) -> GMDM:
+    """The model of a validated checkpoint dictionary (its kind from the format tag, :mod:`gmdm_cli.kinds`)."""
+    model = kind_class(kind_of_format(payload["format"])).from_checkpoint(payload, dtype)
     model.metadata = dict(payload["metadata"])
     return model
 
@@ -217,7 +206,7 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     return Path(name)
 
 
-def load_model(name: str | os.PathLike = "7x7", device="cpu", dtype=torch.float32) -> PatchGMDM:
+def load_model(name: str | os.PathLike = "7x7", device="cpu", dtype=torch.float32) -> GMDM:
     """Load a built-in model by name (``"7x7"``, ``"15x15"``) or a checkpoint file by path."""
     payload = read_checkpoint(resolve_model_path(name))
     return model_from_checkpoint(payload, dtype).to(device)

@@ -58,9 +58,10 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _load_model(name: str, device, patch_only: bool = False):
+def _load_model(name: str, device, exact_patches: bool = False):
     """The model, loaded once per process for a given file version and device (it carries its expert tables);
-    ``patch_only``: refuse a band (conv) model, for the commands that work on patches."""
+    ``exact_patches``: refuse a model that cannot give them (the conv model), for the commands that draw patches
+    or show filters."""
     from .checkpoint import CheckpointError, resolve_model_path
 
     try:
@@ -69,8 +70,9 @@ def _load_model(name: str, device, patch_only: bool = False):
         model = _cached_model(str(path), str(device), stamp)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
-    if patch_only and not hasattr(model, "patch_size"):
-        raise click.ClickException(f"{shown(name)}: a conv (band) model; this command works with patch models")
+    if exact_patches and not model.exact_patches:
+        raise click.ClickException(f"{shown(name)}: a {model.kind} model has no patches to draw or filters to show "
+                                   f"(this works with patch models)")
     return model
 
 
@@ -254,6 +256,7 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
     """
     from .training import generator_device, run_training, TrainingConfig, TrainingDataError, TrainingSetupError
     from .checkpoint import CheckpointError, read_checkpoint, resolve_model_path
+    from .kinds import kind_of_format
 
     if init_model is not None and resume:
         raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
@@ -264,7 +267,7 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
         source = click.get_current_context().get_parameter_source
         taken = initial if initial is not None else read_checkpoint(output) if resume and output.is_file() else None
         if taken is not None:  # the model or the run taken up says what it is
-            kind = "conv" if "bands" in taken["metadata"] else "patch"
+            kind = kind_of_format(taken["format"])
             if source("model_type").name != "DEFAULT" and kind != model_type:
                 raise click.UsageError(f"--model-type {model_type}: the model taken up is a {kind} model")
             model_type, bands = kind, taken["metadata"].get("bands", bands)
@@ -633,8 +636,8 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
     _check_format(output, "-o/--output", (".png", ".npy"))
     shape = _sample_size(size, count or 1) if size is not None else None
     _check_target(output, overwrite, [_model_file(model_name)])
-    model = _load_model(model_name, _device(device), patch_only=True)
-    generator = torch.Generator(device=model.filters.device).manual_seed(seed)
+    model = _load_model(model_name, _device(device), exact_patches=size is None)
+    generator = torch.Generator(device=model.logits.device).manual_seed(seed)
     count = count or (64 if size is None else 1)
     if size is None:
         draws = np.stack([sample_patches(model, count, s / 255, generator).double().cpu().numpy() for s in sigmas])
@@ -644,8 +647,8 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
                                 for block in draws])[:-2]
     else:
         height, width = shape
-        if min(height, width) < model.patch_size:
-            raise click.BadParameter(f"{size}: each side at least {model.patch_size}", param_hint="--size")
+        if min(height, width) < model.smallest_side():
+            raise click.BadParameter(f"{size}: each side at least {model.smallest_side()}", param_hint="--size")
         schedule = langevin_schedule(0.4, max(sigmas[-1], 2.55) / 255)
         with _progress("sampling", len(schedule)) as advance:
             array = sample_image(model, height, width, count, generator, schedule, steps, progress=advance)
@@ -712,7 +715,7 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
     sigmas = [s / 255 for s in _sigmas(sigma_text, "--sigmas")]
     _check_format(output, "-o/--output", (".png", ".pdf", ".svg"))
     _check_target(output, overwrite, [_model_file(model_name)])
-    model = _load_model(model_name, torch.device("cpu"), patch_only=True)
+    model = _load_model(model_name, torch.device("cpu"), exact_patches=True)
     generator = torch.Generator().manual_seed(seed)
     samples = None
     if image_dir is not None:
@@ -856,7 +859,7 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, o
     _check_target(output, overwrite, [resolve_model_path(model_name), *paths])
     payload = read_checkpoint(resolve_model_path(model_name))
     model = model_from_checkpoint(payload)
-    images = [image.astype("float64") for image in load_training_images(paths, getattr(model, "patch_size", 1))]
+    images = [image.astype("float64") for image in load_training_images(paths, model.smallest_side())]
     calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED)
     for curve in calibration.values():
         curve["data"] = ", ".join(str(d) for d in image_dirs)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .band_model import BandGMDM, band_denoise
-from .model import (PatchGMDM, image_patch_scores, image_responses, map_strip_blocks, patch_counts, patch_sum,
+from .kinds import GMDM
+from .model import (PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum,
                     time_from_sigma)
 from .tables import ExpertTable, expert_table
-from .tiling import automatic_tile, tiled
+from .tiling import automatic_tile, map_strip_blocks, tiled
 
 
 def _as_batch(image: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
     model's device with the same result; ``images`` may stay on another device. Within a tile, the patch
     sums of strips of rows are added up in place, blocks of strips on the CPU's threads
-    (:func:`~gmdm_cli.model.map_strip_blocks`); the result does not depend on it beyond rounding.
+    (:func:`~gmdm_cli.tiling.map_strip_blocks`); the result does not depend on it beyond rounding.
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
@@ -181,15 +181,14 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
 HQS_ITERATIONS, HQS_START, HQS_END, HQS_DATA_WEIGHT = 6, 0.25, 1 / 128, 9.0  # tuned on BSDS400 crops
 
 
-def hqs_schedule(sigma: float, iterations: int = HQS_ITERATIONS, start: float = HQS_START,
-                 end: float = HQS_END) -> list[float]:
-    """Diffusion times of HQS: geometric from ``start * sigma^2 / 2`` down to ``end * sigma^2 / 2``
-    (``beta = 1 / (2t)`` grows from ``start^-1 / sigma^2`` to ``end^-1 / sigma^2``), strictly decreasing."""
-    t = time_from_sigma(sigma)
+def hqs_schedule(iterations: int = HQS_ITERATIONS, start: float = HQS_START, end: float = HQS_END) -> list[float]:
+    """Diffusion times of HQS relative to the noise variance, ``t / sigma^2``: geometric from ``start / 2`` down to
+    ``end / 2`` (``beta = 1 / (2t)`` grows from ``start^-1 / sigma^2`` to ``end^-1 / sigma^2``), strictly
+    decreasing. Every HQS function takes its schedule in this form."""
     if iterations == 1:
-        return [start * t]
+        return [start / 2]
     ratio = (end / start) ** (1 / (iterations - 1))
-    return [start * t * ratio**k for k in range(iterations)]
+    return [start / 2 * ratio**k for k in range(iterations)]
 
 
 def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
@@ -206,7 +205,8 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | No
     the EB-PA estimate of ``x`` at time ``t``, with weights ``lambda / beta = 2 data_weight t / sigma^2`` and ``C``:
     they depend on ``t`` relative to ``sigma^2`` only. So ``sigma`` may also be one value per patch
     ``(N, 1, H-b+1, W-b+1)`` (heteroscedastic noise, ``boundary="valid"``): every patch then runs the schedule
-    scaled by its own ``sigma^2`` (``schedule`` is given for ``sigma = 1``), which is the update above at every
+    scaled by its own ``sigma^2`` (``schedule``: times relative to ``sigma^2``, :func:`hqs_schedule`), which is the
+    update above at every
     pixel whose covering patches share one ``sigma`` and its natural extension (each patch's Tweedie step at its
     own time) where the map varies. Default schedule: :func:`hqs_schedule`. The prior sums over all
     overlapping patches, so it counts every pixel about ``b^2`` times; ``data_weight`` rebalances the
@@ -220,18 +220,15 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | No
     ``tile``: see :func:`tweedie_average` (each iteration is tiled, so the halo stays ``b - 1``).
     """
     batch, sigma, (rows, columns) = _prepare(model, noisy, sigma, boundary)
-    if sigma.dim() == 0:
-        relative = [t / float(sigma) ** 2 for t in (hqs_schedule(float(sigma)) if schedule is None else schedule)]
-    else:
-        relative = hqs_schedule(1.0) if schedule is None else schedule
+    relative = hqs_schedule() if schedule is None else schedule
     weight = HQS_DATA_WEIGHT if data_weight is None else data_weight
     variance = float(sigma) ** 2 if sigma.dim() == 0 else sigma**2
     estimate = lambda x, r: x + tweedie_average(model, x, r * variance, exact, tile)
-    x = _hqs_iterations(batch, relative, weight, patch_counts(model, batch), estimate)
+    x = hqs_updates(batch, relative, weight, patch_counts(model, batch), estimate)
     return x[..., rows, columns].reshape(noisy.shape)
 
 
-def _hqs_iterations(noisy: torch.Tensor, relative: list[float], data_weight: float, counts, estimate) -> torch.Tensor:
+def hqs_updates(noisy: torch.Tensor, relative: list[float], data_weight: float, counts, estimate) -> torch.Tensor:
     """The HQS pixel updates ``x = (lambda y + beta C estimate(x, r)) / (lambda + beta C)`` for the times
     ``r sigma^2`` of ``relative`` (``lambda / beta = 2 data_weight r``); ``estimate(x, r)`` is the prior's
     Tweedie estimate of ``x`` at that time, ``C`` how often the prior counts each pixel."""
@@ -240,30 +237,6 @@ def _hqs_iterations(noisy: torch.Tensor, relative: list[float], data_weight: flo
         ratio = 2 * data_weight * r  # lambda / beta
         x = (ratio * noisy + counts * estimate(x, r)) / (ratio + counts)
     return x
-
-
-BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END, BAND_HQS_DATA_WEIGHT = 4, 0.7, 1 / 64, 36.0  # tuned on BSDS400
-
-
-def band_hqs(model: BandGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | None = None,
-             data_weight: float | None = None) -> torch.Tensor:
-    """:func:`hqs` with the band model's prior ``sum_s log f(shift_s x, t)`` over the ``M^2`` lattice shifts, which
-    counts every pixel ``M^2`` times (the role of ``C``): ``x = (lambda y + beta M^2 xhat_t(x)) / (lambda +
-    beta M^2)`` with ``xhat_t`` the cycle-spun Tweedie estimate (:func:`~gmdm_cli.band_model.band_denoise`) of
-    a gray image ``(H, W)``. ``sigma``: a number, or a per-pixel map ``(H, W)`` (``schedule`` then given for
-    ``sigma = 1``, as in :func:`hqs`). Default schedule ``hqs_schedule(sigma, BAND_HQS_ITERATIONS, BAND_HQS_START,
-    BAND_HQS_END)`` (4 steps from ``0.7 sigma^2 / 2`` to ``sigma^2 / 128``) and data weight ``BAND_HQS_DATA_WEIGHT``
-    (36): the band model's own choice, best of 153 settings on BSDS400 crops (``benchmarks/tune_hqs.py --model
-    conv``, ``benchmarks/results/hqs-tuning-conv.md``); it gains only about 0.05 dB over the cycle-spun Tweedie
-    estimate, which already averages ``M^2`` estimates."""
-    sigma = torch.as_tensor(sigma, dtype=noisy.dtype, device=noisy.device)
-    level = float(sigma) if sigma.dim() == 0 else 1.0
-    if schedule is None:
-        schedule = hqs_schedule(level, BAND_HQS_ITERATIONS, BAND_HQS_START, BAND_HQS_END)
-    weight = BAND_HQS_DATA_WEIGHT if data_weight is None else data_weight
-    relative = [t / level**2 for t in schedule]
-    return _hqs_iterations(noisy, relative, weight, model.bands**2,
-                           lambda x, r: band_denoise(model, x, (2 * r) ** 0.5 * sigma))
 
 
 METHODS = ("ebpa", "hqs")
@@ -276,21 +249,39 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
-def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
+def patch_denoise(model: PatchGMDM, noisy: torch.Tensor, sigma, method: str = "ebpa", iterations: int | None = None,
+                  boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
+    """One gray channel ``(H, W)`` by :func:`ebpa` or :func:`hqs` (``iterations`` steps of :func:`hqs_schedule`,
+    default ``HQS_ITERATIONS``) at ``sigma``: a number, or a per-pixel map ``(H, W)`` (every patch at the level of
+    its centre pixel, ``boundary="valid"``)."""
+    schedule = hqs_schedule(iterations or HQS_ITERATIONS)
+    if torch.as_tensor(sigma).dim() > 0:
+        if boundary != "valid":
+            raise ValueError("a per-pixel noise map works with boundary 'valid'")
+        b, half = model.patch_size, model.patch_size // 2
+        rows, columns = noisy.shape[0] - b + 1, noisy.shape[1] - b + 1
+        sigma = sigma[half:half + rows, half:half + columns][None, None]
+    if method == "ebpa":
+        return ebpa(model, noisy, sigma, boundary, tile=tile)
+    return hqs(model, noisy, sigma, schedule, boundary=boundary, tile=tile)
+
+
+def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
                   tile: int | None = None, colour: str = "rgb", iterations: int | None = None):
-    """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale).
+    """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale), with any kind of model
+    (:meth:`gmdm_cli.kinds.GMDM.denoise`).
 
     ``sigma`` is a number, or a per-pixel map ``(H, W)`` (heteroscedastic noise; EB-PA or HQS with every
     patch at the level of its centre pixel, ``boundary="valid"``), for a colour image also ``(H, W, 3)``, one
     map per RGB channel (the noise of each colour space channel follows,
-    :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` (and gray + alpha ``(H, W, 2)``) images are denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see
-    :mod:`gmdm_cli.colour`), each at its own noise level, alpha passed through. ``iterations``: HQS steps
-    over the model's default range of :func:`hqs_schedule` (default: ``HQS_ITERATIONS`` for patch models,
-    ``BAND_HQS_ITERATIONS`` for band models). The image stays in host
-    memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's device. A band (conv) model
-    (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole images (``boundary`` and
-    ``tile`` do not apply; a map sets the level of every lattice cell, see :func:`band_denoise`).
-    Returns float64 numpy, unclipped.
+    :func:`~gmdm_cli.colour.channel_noise_levels`). Gray ``(H, W)`` (and gray + alpha ``(H, W, 2)``) images are
+    denoised directly; colour ``(H, W, 3|4)`` images in the channels of ``colour`` (see :mod:`gmdm_cli.colour`),
+    each at its own noise level, alpha passed through. ``iterations``: HQS steps of :func:`hqs_schedule` over the
+    model's default range (default: ``HQS_ITERATIONS`` for patch models, ``BAND_HQS_ITERATIONS`` for band
+    models). The image stays in host memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's
+    device. A band (conv) model (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole
+    images (``boundary`` and ``tile`` do not apply; a map sets the level of every lattice cell, see
+    :func:`~gmdm_cli.band_model.band_denoise`). Returns float64 numpy, unclipped.
     """
     import numpy as np
 
@@ -299,56 +290,22 @@ def denoise_array(model: PatchGMDM, image, sigma, method: str = "ebpa", boundary
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    dtype = model.logits.dtype
+    if not (np.all(np.isfinite(sigma)) and np.all(np.asarray(sigma) > 0)):
+        raise ValueError("noise levels must be positive and finite")
     image, alpha = split_alpha(np.asarray(image))
     gray = image.ndim == 2
     channels = image[..., None] if gray else to_channels(image, colour)
     gains = np.ones(1) if gray else noise_gains(colour)
-    if iterations is None:
-        iterations = BAND_HQS_ITERATIONS if isinstance(model, BandGMDM) else HQS_ITERATIONS
-    stack = torch.as_tensor(np.moveaxis(channels, -1, 0)[:, None], dtype=dtype)
-    if not (np.all(np.isfinite(sigma)) and np.all(np.asarray(sigma) > 0)):
-        raise ValueError("noise levels must be positive and finite")
     if np.ndim(sigma) == 2 and np.shape(sigma) == image.shape[:2] and np.all(sigma == np.asarray(sigma).flat[0]):
         sigma = float(np.asarray(sigma).flat[0])  # a constant map is one level (one table, not a ladder)
     maps = None if np.ndim(sigma) == 0 else _channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
+    dtype = model.logits.dtype
     with torch.no_grad():
-        if isinstance(model, BandGMDM):
-            def band_channel(k: int) -> torch.Tensor:  # the whole channel on the model's device
-                device = model.logits.device
-                noisy = stack[k, 0].to(device)
-                level = torch.as_tensor(sigma * gains[k] if maps is None else maps[..., k], dtype=dtype, device=device)
-                if method == "ebpa":
-                    return band_denoise(model, noisy, level)
-                scale = float(level) if level.dim() == 0 else 1.0  # maps: the schedule for sigma = 1
-                return band_hqs(model, noisy, level, hqs_schedule(scale, iterations, BAND_HQS_START, BAND_HQS_END))
-
-            result = torch.stack([band_channel(k)[None].cpu() for k in range(len(gains))])
-        elif maps is not None:
-            if boundary != "valid":
-                raise ValueError("a per-pixel noise map works with boundary 'valid'")
-            b, half = model.patch_size, model.patch_size // 2
-            rows, columns = image.shape[0] - b + 1, image.shape[1] - b + 1
-            centres = np.moveaxis(maps[half:half + rows, half:half + columns], -1, 0)[:, None]  # (C, 1, h, w)
-            levels = torch.as_tensor(np.ascontiguousarray(centres), dtype=dtype)
-            if method == "ebpa":
-                result = ebpa(model, stack, levels, tile=tile)
-            else:
-                result = torch.cat([hqs(model, stack[k:k + 1], levels[k:k + 1], hqs_schedule(1.0, iterations),
-                                        tile=tile) for k in range(len(gains))])
-        else:
-            def channel(k: int) -> torch.Tensor:
-                if method == "ebpa":
-                    return ebpa(model, stack[k:k + 1], sigma * gains[k], boundary, tile=tile)
-                level = sigma * gains[k]
-                return hqs(model, stack[k:k + 1], level, hqs_schedule(level, iterations), boundary=boundary, tile=tile)
-
-            result = torch.cat([channel(k) for k in range(len(gains))])
-    stack = None  # free it before the float64 output exists
-    if gray:
-        output = result[0, 0].numpy().astype(np.float64)
-    else:
-        output = from_channels(np.moveaxis(result[:, 0].double().numpy(), 0, -1), colour)
+        result = np.stack([model.denoise(torch.as_tensor(channels[..., k], dtype=dtype),
+                                         sigma * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype),
+                                         method, iterations, boundary, tile).double().cpu().numpy()
+                           for k in range(len(gains))], -1)
+    output = result[..., 0] if gray else from_channels(result, colour)
     if not np.all(np.isfinite(output)):
         raise ValueError("the result is not finite (the image's values are too far outside [0, 1])")
     return join_alpha(output, alpha)

@@ -17,13 +17,12 @@ Everything below works on batches of responses with the filter index in dimensio
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+
+from .tiling import convolution_backend, map_strip_blocks
 
 # Largest number of (response, component) pairs evaluated at once, by device type. On the CPU 2^21 (8 MiB in
 # float32) keeps the (..., L) mixture tensor's passes (logits, softmax, moments) in cache: measured on 2 threads
@@ -124,6 +123,73 @@ class PatchGMDM(MixtureExperts):
         subspace for orthogonal filters (the paper's Corollary 2.1 prints ``||k_j||^2``; the
         numerical integration in the tests confirms the first power)."""
         return self.filters.pow(2).sum(1).log().sum() / 2
+
+    # --- the model protocol (gmdm_cli.kinds.GMDM) ---
+
+    kind = "patch"
+    projected = ("filters",)
+    exact_patches = True
+    shape_fields = ("patch_size",)
+
+    def smallest_side(self) -> int:
+        return self.patch_size
+
+    def site_grid(self, shape) -> tuple[int, int, int, int]:
+        """Every ``b x b`` patch, stride 1."""
+        height, width = shape
+        b = self.patch_size
+        if min(height, width) < b:
+            raise ValueError(f"image of {width}x{height} pixels is smaller than the {b}x{b} patches of the model")
+        return height - b + 1, width - b + 1, b, 1
+
+    def site_inputs(self, images: torch.Tensor, function) -> list:
+        """The responses in strips of rows, blocks of strips on the CPU's threads
+        (:func:`~gmdm_cli.tiling.map_strip_blocks`)."""
+        blocks = map_strip_blocks(self, images, lambda block: [function(top, bottom, image_responses(self, strip))
+                                                               for top, bottom, strip in block])
+        return [result for block in blocks for result in block]
+
+    def tweedie_correction(self, images: torch.Tensor, t) -> torch.Tensor:
+        """The patch-averaged correction (:func:`gmdm_cli.denoisers.tweedie_average`)."""
+        from .denoisers import tweedie_average
+
+        return tweedie_average(self, images, t)
+
+    def denoise(self, noisy: torch.Tensor, sigma, method: str, iterations: int | None = None,
+                boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
+        """EB-PA or HQS (:func:`gmdm_cli.denoisers.patch_denoise`)."""
+        from .denoisers import patch_denoise
+
+        return patch_denoise(self, noisy, sigma, method, iterations, boundary, tile)
+
+    def checkpoint_fields(self) -> dict:
+        return {"filters": self.filters.detach().cpu().clone(), "logits": self.logits.detach().cpu().clone(),
+                "metadata": {"patch_size": self.patch_size}}
+
+    @classmethod
+    def expected_shapes(cls, metadata: dict) -> dict:
+        size, components = metadata["patch_size"], metadata["num_components"]
+        return {"filters": (size**2 - 1, size**2), "logits": (size**2 - 1, components)}
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, dtype=torch.float32) -> "PatchGMDM":
+        return cls(payload["filters"].to(dtype), payload["logits"].to(dtype), float(payload["metadata"].get("gamma", 1)))
+
+    @classmethod
+    def for_training(cls, config) -> "PatchGMDM":
+        """The initial model of a training run (``config``: :class:`gmdm_cli.training.TrainingConfig`)."""
+        return cls.initial(config.patch_size, generator=torch.Generator().manual_seed(config.seed))
+
+    @staticmethod
+    def adopt(config, metadata: dict) -> None:
+        """Fit a training ``config`` to a model of ``metadata`` that a run starts from (fine-tuning)."""
+        if metadata["patch_size"] != config.patch_size:
+            raise ValueError(f"has {metadata['patch_size']}-pixel patches, not {config.patch_size}")
+
+    @staticmethod
+    def run_metadata(config) -> dict:
+        """What a training run's checkpoint records of ``config`` besides the model's shape: nothing more."""
+        return {}
 
 
 def _log_mixture(z: torch.Tensor, variances: torch.Tensor, log_weights: torch.Tensor,
@@ -235,113 +301,12 @@ def patch_tweedie(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:
 
 # --- whole images ---------------------------------------------------------------------------
 
-_mkldnn_off = {"depth": 0, "previous": True}
-_mkldnn_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _convolution_backend(model: PatchGMDM, images: torch.Tensor):
-    """On the CPU, oneDNN (mkldnn) is slower than PyTorch's own GEMM-based convolution for small kernels
-    on one image channel and faster for large ones (measured, 481x321 image, 2 threads: 7x7 filters
-    45 + 80 ms vs 27 + 26 ms for conv2d + conv_transpose2d; 15x15: 205 + 257 ms vs 460 + 410 ms).
-    Same arithmetic either way; this picks the faster for ``model``'s patch size. The switch is global, so
-    threads that use it together (:func:`map_strip_blocks`) count: the last one out restores it."""
-    if not (images.device.type == "cpu" and model.patch_size <= 9 and torch.backends.mkldnn.is_available()):
-        yield
-        return
-    with _mkldnn_lock:
-        if _mkldnn_off["depth"] == 0:
-            _mkldnn_off["previous"] = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = False
-        _mkldnn_off["depth"] += 1
-    try:
-        yield
-    finally:
-        with _mkldnn_lock:
-            _mkldnn_off["depth"] -= 1
-            if _mkldnn_off["depth"] == 0:
-                torch.backends.mkldnn.enabled = _mkldnn_off["previous"]
-
-
-STRIP_VALUES = 1 << 21
-"""On the CPU, whole-image passes (the patch-averaged score, the energies of noise estimation) run in
-strips of rows holding at most about this many responses (8 MiB in float32), so that responses, scores and
-the convolutions' buffers stay in cache: measured on 2 threads, 481x321 image, 7x7 / 15x15 models, this
-halves the time of an EB-PA pass (0.13 -> 0.07 s, 0.93 -> 0.44 s)."""
-
-
-def strip_rows(model: PatchGMDM, patch_rows: int, patch_columns: int, device: torch.device) -> int:
-    """Rows of patch positions per strip: all of them off the CPU, else 4 to 16 (at most ``STRIP_VALUES``
-    responses when the image is wide)."""
-    if device.type != "cpu":
-        return patch_rows
-    return max(4, min(16, STRIP_VALUES // (model.num_filters * patch_columns)))
-
-
-def row_strips(model: PatchGMDM, images: torch.Tensor):
-    """Yield ``(top, bottom, strip)``: the rows of ``images`` ``(N, C, H, W)`` that hold the patch positions
-    ``top:bottom`` (all columns), in strips of :func:`strip_rows` rows covering ``0 : H-b+1``."""
-    b = model.patch_size
-    patch_rows, patch_columns = images.shape[-2] - b + 1, images.shape[-1] - b + 1
-    step = strip_rows(model, patch_rows, patch_columns, images.device)
-    for top in range(0, patch_rows, step):
-        bottom = min(top + step, patch_rows)
-        yield top, bottom, images[..., top:bottom + b - 1, :]
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-
-
-def _worker_pool(size: int) -> ThreadPoolExecutor:
-    """The process's pool of at least ``size`` worker threads for :func:`map_strip_blocks` (created on first use)."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool_size < size:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(size, thread_name_prefix="gmdm-strips"), size
-        return _pool
-
-
-def map_strip_blocks(model: PatchGMDM, images: torch.Tensor, function) -> list:
-    """``[function(block) for block in blocks]``: the strips of :func:`row_strips` split into contiguous blocks
-    of ``(top, bottom, strip)``, one block per CPU thread, each block run by a worker thread with one thread of
-    its own; off the CPU, or with one thread, one block in the calling thread.
-
-    Why: the convolutions of one image channel parallelise poorly inside PyTorch (their im2col / col2im runs
-    on one thread), while strips are independent. Measured on 2 threads (481x321 image, calls alternated in one
-    process, medians of 31): EB-PA 7x7 0.077 -> 0.052 s, 15x15 0.49 -> 0.37 s. ``function`` must not write
-    what another block writes (blocks' patch sums overlap by ``b - 1`` rows: sum them into separate buffers).
-    Gradient mode is that of the caller.
-    """
-    strips = list(row_strips(model, images))
-    threads = torch.get_num_threads() if images.device.type == "cpu" else 1
-    count = min(threads, len(strips))
-    blocks = [strips[k * len(strips) // count:(k + 1) * len(strips) // count] for k in range(count)]
-    if count == 1:
-        return [function(blocks[0])]
-    grad = torch.is_grad_enabled()
-
-    def run(block):
-        if torch.get_num_threads() != 1:  # this worker's own setting (OpenMP's is per thread)
-            torch.set_num_threads(1)
-        with torch.set_grad_enabled(grad):
-            return function(block)
-
-    try:
-        return list(_worker_pool(count).map(run, blocks))
-    finally:
-        torch.set_num_threads(threads)  # the default of threads started later, which a worker's setting changed
-
-
 def image_responses(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
     """Responses of every overlapping patch: ``conv2d`` "valid", ``(N, 1, H, W) -> (N, J, H-b+1, W-b+1)``.
 
     ``conv2d`` is a correlation, so channel ``j`` at ``(r, c)`` is ``<k_j, P_(r,c) x>``.
     """
-    with _convolution_backend(model, images):
+    with convolution_backend(model, images):
         return F.conv2d(images, model.kernels())
 
 
@@ -366,7 +331,7 @@ def patch_sum(model: PatchGMDM, coefficients: torch.Tensor) -> torch.Tensor:
     ``conv2d`` of :func:`image_responses`. Divided by :func:`patch_counts`, with ``c_ij = sigma_i^2 dlog psi_j``
     this is the EB-PA correction; with ``c_ij = dlog psi_j`` the patch-averaged score of a whole image.
     """
-    with _convolution_backend(model, coefficients):
+    with convolution_backend(model, coefficients):
         return F.conv_transpose2d(coefficients, model.kernels())
 
 

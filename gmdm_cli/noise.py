@@ -34,8 +34,8 @@ import math
 import numpy as np
 import torch
 
-from .band_model import BandGMDM, band_coefficients
-from .model import PatchGMDM, expert_log_density, image_responses, map_strip_blocks, time_from_sigma
+from .kinds import GMDM
+from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
@@ -54,8 +54,8 @@ def clipped_pixels(image: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def usable_sites(model: PatchGMDM | BandGMDM, images: torch.Tensor) -> torch.Tensor | None:
-    """Which sites of :func:`site_grid` have no clipped pixel (:func:`clipped_pixels`) in their block or within
+def usable_sites(model: GMDM, images: torch.Tensor) -> torch.Tensor | None:
+    """Which sites of :meth:`~gmdm_cli.kinds.GMDM.site_grid` have no clipped pixel (:func:`clipped_pixels`) in their block or within
     one block's width of it, ``(N, rows, columns)`` for ``images`` ``(N, 1, H, W)``; ``None`` when every site is
     usable, or none is (nothing to leave out then). The margin: near a saturated region the patches that escaped
     clipping are those whose noise happened to stay away from the end, a truncated (quieter) sample; the flat
@@ -65,13 +65,13 @@ def usable_sites(model: PatchGMDM | BandGMDM, images: torch.Tensor) -> torch.Ten
     clipped = torch.stack([clipped_pixels(image) for image in images]).to(images.dtype)
     if not bool(clipped.any()):
         return None
-    rows, columns, footprint, stride = site_grid(model, images.shape[-2:])
+    rows, columns, footprint, stride = model.site_grid(images.shape[-2:])
     padded = F.pad(clipped, (footprint,) * 4)  # zeros: outside the image nothing is clipped
     usable = F.max_pool2d(padded, 3 * footprint, stride)[:, 0, :rows, :columns] == 0
     return usable if bool(usable.any()) else None
 
 
-def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512):
+def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512):
     """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``
     (of the :func:`usable_sites` only, when some hold clipped pixels).
 
@@ -85,7 +85,7 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
         return z.movedim(1, 0)[:, usable[:, top:bottom]]
 
     with torch.no_grad():
-        z = torch.cat(_map_site_strips(model, images, responses), 1)
+        z = torch.cat(model.site_inputs(images, responses), 1)
     low, high = z.min(1, keepdim=True).values, z.max(1, keepdim=True).values
     step = (high - low).clamp_min(1e-12) / (bins - 1)
     position = (z - low) / step
@@ -100,7 +100,7 @@ def response_histograms(model: PatchGMDM, images: torch.Tensor, bins: int = 512)
     return centres, weights.view(-1, bins) / z.shape[1]
 
 
-def expert_mean_energies(model: PatchGMDM, histograms, sigma: float) -> torch.Tensor:
+def expert_mean_energies(model: GMDM, histograms, sigma: float) -> torch.Tensor:
     """``mean_i -log psi_j(<k_j, P_i y>, t)`` of every expert ``(J,)`` at ``t = sigma^2 / 2``, from
     :func:`response_histograms`."""
     centres, weights = histograms
@@ -108,7 +108,7 @@ def expert_mean_energies(model: PatchGMDM, histograms, sigma: float) -> torch.Te
         return (-expert_log_density(model, centres[None], time_from_sigma(sigma))[0] * weights).sum(1)
 
 
-def mean_patch_energy(model: PatchGMDM, histograms, sigma: float, experts=None) -> float:
+def mean_patch_energy(model: GMDM, histograms, sigma: float, experts=None) -> float:
     """``mean_i -log f(P_i y, t)`` at ``t = sigma^2 / 2`` from :func:`response_histograms` (normalised); with
     ``experts`` (indices) the sum over those experts only, up to the constant ``log Z``."""
     energies = expert_mean_energies(model, histograms, sigma)
@@ -118,7 +118,7 @@ def mean_patch_energy(model: PatchGMDM, histograms, sigma: float, experts=None) 
         return float(energies.sum() - model.log_normaliser())
 
 
-def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512, coarse: int = 14,
+def estimate_global_sigma(model: GMDM, image: torch.Tensor, bins: int = 512, coarse: int = 14,
                           tolerance: float = 1e-4) -> float:
     """``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` for a gray image ``(H, W)`` or ``(1, 1, H, W)``, 0-1 scale.
 
@@ -127,12 +127,12 @@ def estimate_global_sigma(model: PatchGMDM, image: torch.Tensor, bins: int = 512
     return histogram_argmin(model, _histograms(model, image, bins), coarse=coarse, tolerance=tolerance)
 
 
-def _histograms(model: PatchGMDM, image: torch.Tensor, bins: int = 512):
+def _histograms(model: GMDM, image: torch.Tensor, bins: int = 512):
     images = image if image.dim() == 4 else image[None, None]
     return response_histograms(model, images.to(model.logits.dtype), bins)
 
 
-def histogram_argmin(model: PatchGMDM, histograms, experts=None, coarse: int = 14, tolerance: float = 1e-4) -> float:
+def histogram_argmin(model: GMDM, histograms, experts=None, coarse: int = 14, tolerance: float = 1e-4) -> float:
     """The ``sigma`` in ``[0, SIGMA_MAX]`` that minimises :func:`mean_patch_energy` (of ``experts``, default all):
     bracketed on a grid of ``coarse`` levels, refined by golden-section search."""
     grid = [SIGMA_MAX * i / (coarse - 1) for i in range(coarse)]
@@ -154,7 +154,7 @@ def histogram_argmin(model: PatchGMDM, histograms, experts=None, coarse: int = 1
     return (low + high) / 2
 
 
-def expert_sigmas(model: PatchGMDM, histograms, levels: torch.Tensor | None = None) -> torch.Tensor:
+def expert_sigmas(model: GMDM, histograms, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Every expert's own argmin ``(J,)``: the ``sigma`` of ``levels`` (default: 96 levels of
     :func:`sigma_levels`, refined by a parabola) that minimises the mean of ``-log psi_j`` over the image's
     responses. Content raises it; :func:`calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
@@ -169,7 +169,7 @@ QUIET_EXPERTS = 8  # experts kept by the "quiet" estimator
 AUTO_RAMP = (20 / 255, 40 / 255)  # "auto": flat below, quiet above, linear between (on the flat estimate)
 
 
-def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01,
+def estimate_flat_sigma(model: GMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01,
                         whole: float | None = None) -> float:
     """Raw noise level of a gray image ``(H, W)`` (0-1 scale) from its flattest regions.
 
@@ -188,12 +188,12 @@ def estimate_flat_sigma(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     return float(_argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
 
 
-def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
+def window_energies(model: GMDM, image: torch.Tensor, window: int = 15,
                     whole: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean patch energies over ``window x window`` blocks of patch positions (stride ``window // 3``), on the
     levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
     given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`.
-    A band model's blocks are of lattice cells (:func:`site_grid`), ``window`` pixels wide (rounded)."""
+    A band model's blocks are of lattice cells (:meth:`~gmdm_cli.kinds.GMDM.site_grid`), ``window`` pixels wide (rounded)."""
     import torch.nn.functional as F
 
     whole = max(estimate_global_sigma(model, image) if whole is None else whole, 2 / 255)
@@ -201,7 +201,7 @@ def window_energies(model: PatchGMDM, image: torch.Tensor, window: int = 15,
     inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
     levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
     energies = patch_energies(model, image, levels)  # (K, h, w)
-    window = max(1, min(round(window / site_grid(model, image.shape[-2:])[3]), *energies.shape[-2:]))
+    window = max(1, min(round(window / model.site_grid(image.shape[-2:])[3]), *energies.shape[-2:]))
     stride = max(1, window // 3)
     blocks = F.avg_pool2d(energies[None], window, stride=stride)[0].flatten(1)
     usable = usable_sites(model, image.reshape(1, 1, *image.shape[-2:]))
@@ -217,15 +217,15 @@ def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
                       torch.logspace(math.log10(1 / 255), math.log10(sigma_max), count - 1, dtype=torch.float64)])
 
 
-def patch_energies(model: PatchGMDM | BandGMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def patch_energies(model: GMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """``-log f(P_i y, sigma_k^2 / 2)`` of every site at every level (tabulated experts, up to the constant
     ``log Z``): ``(K, H-b+1, W-b+1)`` for a patch model's patches, ``(K, H/M, W/M)`` for a band model's lattice
-    sites (the sum over its modelled bands); sites as :func:`_map_site_strips` gives them."""
+    sites (the sum over its modelled bands); sites as :meth:`~gmdm_cli.kinds.GMDM.site_inputs` gives them."""
     from .tables import expert_table
 
     images = (image if image.dim() == 4 else image[None, None]).to(model.logits.dtype)
     tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
-    rows, columns, _, _ = site_grid(model, images.shape[-2:])
+    rows, columns, _, _ = model.site_grid(images.shape[-2:])
     energies = images.new_empty(len(tables), rows, columns)
 
     def strip_energies(top: int, bottom: int, z: torch.Tensor) -> None:
@@ -233,37 +233,8 @@ def patch_energies(model: PatchGMDM | BandGMDM, image: torch.Tensor, sigmas: tor
             energies[level, top:bottom] = table.energy(z).sum(1)[0]
 
     with torch.no_grad():
-        _map_site_strips(model, images, strip_energies)
+        model.site_inputs(images, strip_energies)
     return energies
-
-
-def site_grid(model: PatchGMDM | BandGMDM, shape) -> tuple[int, int, int, int]:
-    """``(rows, columns, footprint, stride)`` of the sites whose energies :func:`patch_energies` gives for an
-    image of ``shape`` ``(H, W)``: every ``b x b`` patch (stride 1), or a band model's ``M x M`` lattice cells."""
-    height, width = shape
-    if isinstance(model, BandGMDM):
-        m = model.bands
-        if min(height, width) < m:
-            raise ValueError(f"image of {width}x{height} pixels is smaller than the model's {m}x{m} lattice cells")
-        return height // m, width // m, m, m
-    b = model.patch_size
-    if min(height, width) < b:
-        raise ValueError(f"image of {width}x{height} pixels is smaller than the {b}x{b} patches of the model")
-    return height - b + 1, width - b + 1, b, 1
-
-
-def _map_site_strips(model: PatchGMDM | BandGMDM, images: torch.Tensor, function) -> list:
-    """``[function(top, bottom, z), ...]`` over the strips of sites in order, ``z`` ``(1, J, rows, w)`` being the
-    expert inputs of the sites in rows ``top:bottom`` of :func:`site_grid`: a patch model's responses in strips
-    of rows, blocks of strips on the CPU's threads (:func:`~gmdm_cli.model.map_strip_blocks`), or a band
-    model's coefficients of its modelled bands, all at once (the image cropped to multiples of ``M``)."""
-    rows, columns, _, _ = site_grid(model, images.shape[-2:])
-    if isinstance(model, BandGMDM):
-        m = model.bands
-        return [function(0, rows, band_coefficients(model, images[..., :rows * m, :columns * m])[:, 1:])]
-    blocks = map_strip_blocks(model, images, lambda block: [function(top, bottom, image_responses(model, strip))
-                                                            for top, bottom, strip in block])
-    return [result for block in blocks for result in block]
 
 
 def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -282,7 +253,7 @@ def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def sites_to_pixels(per_site: torch.Tensor, shape, footprint: int, stride: int) -> torch.Tensor:
-    """Per-pixel values ``(H, W)`` from values of the sites of :func:`site_grid` ``(1, 1, h, w)``: every pixel the
+    """Per-pixel values ``(H, W)`` from values of the sites of :meth:`~gmdm_cli.kinds.GMDM.site_grid` ``(1, 1, h, w)``: every pixel the
     mean of the sites whose ``footprint x footprint`` block covers it (edge pixels no site covers: the nearest)."""
     import torch.nn.functional as F
 
@@ -314,7 +285,7 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
+def raw_global_sigmas(model: GMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
                       histograms=None) -> dict[str, float]:
     """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image, from one
     set of response histograms: ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4),
@@ -338,12 +309,12 @@ def raw_global_sigmas(model: PatchGMDM, image: torch.Tensor, estimators=RAW_ESTI
     return {estimator: found[estimator] for estimator in estimators}
 
 
-def raw_global_sigma(model: PatchGMDM, image: torch.Tensor, estimator: str = "flat") -> float:
+def raw_global_sigma(model: GMDM, image: torch.Tensor, estimator: str = "flat") -> float:
     """The uncalibrated global estimate of ``estimator`` (one of :data:`RAW_ESTIMATORS`) for a gray image."""
     return raw_global_sigmas(model, image, (estimator,))[estimator]
 
 
-def calibration_for(model: PatchGMDM, estimator: str) -> dict | None:
+def calibration_for(model: GMDM, estimator: str) -> dict | None:
     """The checkpoint's calibration of ``estimator`` (of :data:`CALIBRATED`), if it has one (one per estimator,
     by name; a single curve, as written before there were several estimators, is the ``"mean-energy"`` one)."""
     calibration = model.metadata.get("noise_calibration") or {}
@@ -352,7 +323,7 @@ def calibration_for(model: PatchGMDM, estimator: str) -> dict | None:
     return calibration.get(estimator)
 
 
-def quiet_experts(model: PatchGMDM) -> list[int] | None:
+def quiet_experts(model: GMDM) -> list[int] | None:
     """The experts of the ``"quiet"`` estimator, chosen by :func:`calibrate_noise`; ``None`` without one."""
     calibration = calibration_for(model, "quiet")
     return calibration["experts"] if calibration else None
@@ -365,7 +336,7 @@ def auto_weight(flat: float) -> float:
     return min(1.0, max(0.0, (high - flat) / (high - low)))
 
 
-def estimate_global_noise(model: PatchGMDM, image: torch.Tensor, estimator: str = "auto") -> tuple[float, float]:
+def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "auto") -> tuple[float, float]:
     """``(calibrated, raw flat or None)`` global noise level of a gray image (0-1 scale) by ``estimator``
     (``"auto"``: :func:`auto_estimate`)."""
     if estimator not in ESTIMATORS:
@@ -377,7 +348,7 @@ def estimate_global_noise(model: PatchGMDM, image: torch.Tensor, estimator: str 
     return auto_estimate(model, raw), raw["flat"]
 
 
-def auto_estimate(model: PatchGMDM, raw: dict[str, float]) -> float:
+def auto_estimate(model: GMDM, raw: dict[str, float]) -> float:
     """The ``"auto"`` estimate from raw ``"flat"`` and ``"quiet"`` ones: the calibrated flat estimate (the best
     at low noise) blended into the calibrated quiet one (the best at high noise) by :func:`auto_weight`; the
     flat estimate alone without a quiet one. Chosen on BSDS400 training images (``benchmarks/tune_noise.py``,
@@ -389,7 +360,7 @@ def auto_estimate(model: PatchGMDM, raw: dict[str, float]) -> float:
     return weight * flat + (1 - weight) * apply_calibration(raw["quiet"], calibration_for(model, "quiet"))
 
 
-def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, estimator: str = "auto",
+def estimate_noise(model: GMDM, image, noise_map: bool = False, estimator: str = "auto",
                    noise_model: str = "auto"):
     """Noise level of a numpy image on the [0, 1] scale: ``(sigma, map or None)``, same scale.
 
@@ -410,7 +381,7 @@ def estimate_noise(model: PatchGMDM, image, noise_map: bool = False, estimator: 
     return sigma, levels
 
 
-def estimate_noise_models(model: PatchGMDM, image, estimator: str = "auto", noise_model: str = "auto"):
+def estimate_noise_models(model: GMDM, image, estimator: str = "auto", noise_model: str = "auto"):
     """``(sigma, levels, estimates)``: the global level of :func:`estimate_noise` and the blind estimates of
     :func:`gmdm_cli.blind.blind_levels` (per-pixel ``levels`` and one :class:`~gmdm_cli.blind.NoiseEstimate`
     per gray or RGB channel); a gray image's ``"auto"`` level is the constant model's, measured once."""
@@ -424,7 +395,7 @@ def estimate_noise_models(model: PatchGMDM, image, estimator: str = "auto", nois
     return sigma / gain, levels, estimates
 
 
-def _intensity(model: PatchGMDM, image) -> tuple[torch.Tensor, float]:
+def _intensity(model: GMDM, image) -> tuple[torch.Tensor, float]:
     """The gray image, or a colour image's intensity, as a tensor for ``model``; and its noise gain."""
     import numpy as np
 
@@ -441,7 +412,7 @@ CALIBRATED = RAW_ESTIMATORS
 QUIET_SELECTION_FROM = 15  # 0-255: levels at which the quiet experts are chosen (the quiet estimator's range)
 
 
-def calibrate_noise(model: PatchGMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
+def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
                     estimators=CALIBRATED) -> dict:
     """Measure the raw global estimators of :data:`RAW_ESTIMATORS` on clean gray ``images`` (numpy, [0, 1])
     with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .denoisers import tweedie_average
+from .kinds import GMDM
 from .model import PatchGMDM, time_from_sigma
 
 
@@ -65,20 +65,22 @@ def langevin_schedule(sigma_start: float = 0.4, sigma_end: float = 0.01, levels:
     return [sigma_start * ratio**i for i in range(levels)]
 
 
-def sample_image(model: PatchGMDM, height: int, width: int, count: int = 1,
+def sample_image(model: GMDM, height: int, width: int, count: int = 1,
                  generator: torch.Generator | None = None, schedule: list[float] | None = None,
                  steps: int = 20, delta: float = 0.2, progress=None) -> torch.Tensor:
-    """Whole images ``(count, 1, height, width)`` by annealed Langevin dynamics (module docstring).
+    """Whole images ``(count, 1, height, width)`` by annealed Langevin dynamics (module docstring), with any kind
+    of model (its whole-image score, :meth:`~gmdm_cli.kinds.GMDM.tweedie_correction`).
 
     Starts from mid-gray plus noise of the first level; returns the Tweedie estimate at the last.
     ``progress``: called with no arguments after every level of the schedule.
     """
     schedule = schedule or langevin_schedule()
-    filters = model.filters
     shape = (count, 1, height, width)
-    x = 0.5 + schedule[0] * torch.randn(shape, generator=generator, device=filters.device, dtype=filters.dtype)
+    x = 0.5 + schedule[0] * torch.randn(shape, generator=generator, device=model.logits.device,
+                                        dtype=model.logits.dtype)
+
     def averaged_score(images, sigma):
-        return tweedie_average(model, images, time_from_sigma(sigma)) / sigma**2
+        return model.tweedie_correction(images, time_from_sigma(sigma)) / sigma**2
 
     with torch.no_grad():
         for sigma in schedule:

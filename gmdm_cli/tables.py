@@ -25,13 +25,13 @@ from collections import OrderedDict
 
 import torch
 
-from .model import PatchGMDM
+from .kinds import GMDM
 
 
 class ExpertTable:
     """``-log psi_j(., t)`` and ``d/dz log psi_j(., t)`` of every expert at one time ``t``, tabulated."""
 
-    def __init__(self, model: PatchGMDM, t: float, resolution: float = 0.02, margin: float = 10.0,
+    def __init__(self, model: GMDM, t: float, resolution: float = 0.02, margin: float = 10.0,
                  exact_resolution: float = 0.1):
         dtype = model.logits.dtype
         self.t = float(t)
@@ -138,12 +138,12 @@ _CACHE_SIZE = 128  # a ladder of levels for per-patch times (denoisers.LADDER_LE
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def expert_table(model: PatchGMDM, t: float) -> ExpertTable:
+def expert_table(model: GMDM, t: float) -> ExpertTable:
     """The :class:`ExpertTable` of ``model`` at time ``t``, built once and kept for the most recent
     ``_CACHE_SIZE`` times of each model; any change to the model's parameters (in place or replaced,
     dtype or device) builds new tables."""
-    key = (float(t), model.logits.dtype, model.logits.device, model.logits.data_ptr(), model.logits._version,
-           *((model.filters.data_ptr(), model.filters._version) if isinstance(model, PatchGMDM) else ()))
+    key = (float(t), model.logits.dtype, model.logits.device,
+           *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
     tables = _cache.setdefault(model, OrderedDict())
     if key in tables:
         tables.move_to_end(key)

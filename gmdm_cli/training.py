@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .band_model import BandGMDM
 from .errors import GmdmError
 from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, shown, to_gray
-from .model import PatchGMDM, time_from_sigma
+from .kinds import GMDM, kind_class, kind_of_format
+from .model import time_from_sigma
 from .projection import orthogonal_projection
 
 
@@ -118,7 +118,7 @@ LOSSES = ("norm", "squared", "noise")
 OPTIMIZERS = ("adam", "ipalm")
 
 
-def dsm_loss(model: PatchGMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+def dsm_loss(model: GMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
              loss: str = "norm") -> torch.Tensor:
     """Denoising score matching (Eq. 4) with ``y = x + sigma n`` and ``x_EB(y) = y + sigma^2 grad log f(y, t)``.
 
@@ -240,7 +240,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainingConfig, sampler: PatchSampler, device="cpu",
-                 model: PatchGMDM | None = None, rank: int = 0, world_size: int = 1):
+                 model: GMDM | None = None, rank: int = 0, world_size: int = 1):
         if config.optimizer not in OPTIMIZERS:
             raise TrainingSetupError(f"unknown optimizer {config.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
         if config.optimizer == "ipalm" and world_size > 1:
@@ -254,31 +254,34 @@ class Trainer:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
-        if model is None and config.model_type == "conv":
-            if config.patch_size % config.bands:
-                raise TrainingSetupError(f"crops of {config.patch_size} pixels do not split into {config.bands} bands")
-            model = BandGMDM.initial(config.bands)
-        elif model is None:
-            init_generator = torch.Generator().manual_seed(config.seed)
-            model = PatchGMDM.initial(config.patch_size, generator=init_generator)
-            with torch.no_grad():
-                model.filters.copy_(self._filter_projection(model.filters))
+        if model is None:
+            try:
+                model = kind_class(config.model_type).for_training(config)
+            except ValueError as error:
+                raise TrainingSetupError(str(error)) from None
+            self._project(model)
         self.model = model.to(self.device)
         self.network = self.model
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.network = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if config.optimizer == "ipalm" and isinstance(self.model, PatchGMDM):
-            self.optimizer = IPALM([self.model.filters, self.model.logits], [self._filter_projection, _unconstrained])
-        elif config.optimizer == "ipalm":
-            self.optimizer = IPALM([self.model.logits], [_unconstrained])
+        if config.optimizer == "ipalm":
+            projected = [getattr(self.model, name) for name in self.model.projected]
+            self.optimizer = IPALM(projected + [self.model.logits],
+                                   [self._filter_projection] * len(projected) + [_unconstrained])
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.step = 0
 
     def _filter_projection(self, filters: torch.Tensor) -> torch.Tensor:
         return orthogonal_projection(filters, self.config.projection_steps)
+
+    def _project(self, model) -> None:
+        """Put ``model``'s projected parameters (the patch model's filters) back on the zero-mean orthogonal set."""
+        with torch.no_grad():
+            for name in model.projected:
+                getattr(model, name).copy_(self._filter_projection(getattr(model, name)))
 
     def train_step(self) -> float:
         """One update on a fresh batch (Adam then Algorithm 1, or one :class:`IPALM` step); returns the batch loss."""
@@ -298,9 +301,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DistributedDataParallel averages the gradients over the processes here
         self.optimizer.step()
-        if isinstance(self.model, PatchGMDM):
-            with torch.no_grad():
-                self.model.filters.copy_(self._filter_projection(self.model.filters))
+        self._project(self.model)
         self.step += 1
         if self.world_size > 1:
             import torch.distributed as dist
@@ -423,14 +424,13 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     if previous is not None:
         origin = previous["metadata"].get("initialised_from")
     elif initial is not None:
-        kind = "conv" if "bands" in initial["metadata"] else "patch"
+        kind = kind_of_format(initial["format"])
         if kind != config.model_type:
             raise CheckpointError(f"{initial_name}: is a {kind} model, not {config.model_type}")
-        if kind == "conv":
-            config.bands = initial["metadata"]["bands"]
-        elif initial["metadata"]["patch_size"] != config.patch_size:
-            raise CheckpointError(f"{initial_name}: has {initial['metadata']['patch_size']}-pixel patches, "
-                                  f"not {config.patch_size}")
+        try:
+            kind_class(kind).adopt(config, initial["metadata"])
+        except ValueError as error:
+            raise CheckpointError(f"{initial_name}: {error}") from None
         origin = f"{initial_name} ({initial['metadata'].get('steps', '?')} steps)"
     paths = find_images(image_dirs)
     sampler = PatchSampler(load_training_images(paths, config.patch_size), config.patch_size, device)
@@ -453,8 +453,7 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
         "seed": config.seed,
         "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
     }
-    if config.model_type == "conv":
-        metadata["crop_size"] = config.patch_size
+    metadata.update(kind_class(config.model_type).run_metadata(config))
     if origin is not None:
         metadata["initialised_from"] = origin
     recent: list[float] = []

@@ -204,6 +204,10 @@ def test_conv_model_trains_denoises_and_estimates_noise_through_the_cli(tmp_path
     assert psnr(np.load(tmp_path / "blind.npy"), clean) > psnr(noisy, clean) + 3
     refused = runner.invoke(cli, ["sample", "-o", str(tmp_path / "s.png"), "--model", str(tmp_path / "conv.pt")])
     assert refused.exit_code == 1 and "works with patch models" in refused.output
+    sampled = runner.invoke(cli, ["sample", "-o", str(tmp_path / "s.npy"), "--size", "24x32", "--steps", "1",
+                                  "--model", str(tmp_path / "conv.pt")])  # whole images: any kind of model
+    assert sampled.exit_code == 0, sampled.output
+    assert np.load(tmp_path / "s.npy").shape == (1, 24, 32) and np.isfinite(np.load(tmp_path / "s.npy")).all()
 
 
 def test_tabulated_band_denoising_matches_the_exact_model():

@@ -258,7 +258,7 @@ def test_hqs_iterations_option(tmp_path, camera):
         outputs[iterations] = np.load(target)
     from gmdm_cli.denoisers import hqs_schedule
 
-    assert len(hqs_schedule(0.1, 2)) == 2 and np.abs(outputs["2"] - outputs["6"]).max() > 1e-3
+    assert len(hqs_schedule(2)) == 2 and np.abs(outputs["2"] - outputs["6"]).max() > 1e-3
     result = runner.invoke(cli, ["denoise", str(tmp_path / "noisy.npy"), "-o", str(tmp_path / "e.npy"),
                                  "--sigma", "25", "--iterations", "3"])
     assert result.exit_code == 2 and "--iterations goes with --method hqs" in result.output

@@ -85,8 +85,8 @@ def test_reflect_boundary_equals_valid_ebpa_of_the_mirrored_image():
 def test_hqs_schedule_decreases_geometrically():
     from gmdm_cli.denoisers import hqs_schedule
 
-    schedule = hqs_schedule(0.1, iterations=6, start=1.0, end=1 / 32)
-    assert schedule[0] == 0.1**2 / 2 and abs(schedule[-1] - 0.1**2 / 64) < 1e-15
+    schedule = hqs_schedule(iterations=6, start=1.0, end=1 / 32)  # times relative to sigma^2
+    assert schedule[0] == 1 / 2 and abs(schedule[-1] - 1 / 64) < 1e-15
     assert all(a > b for a, b in zip(schedule, schedule[1:]))
     ratios = [b / a for a, b in zip(schedule, schedule[1:])]
     assert max(ratios) - min(ratios) < 1e-12
@@ -102,7 +102,7 @@ def test_hqs_beats_ebpa_and_improves_monotonically(camera):
                          dtype=torch.float32)
     with torch.no_grad():
         baseline = psnr(ebpa(model, noisy, sigma).numpy(), camera)
-        schedule = hqs_schedule(sigma)
+        schedule = hqs_schedule()
         values = [psnr(hqs(model, noisy, sigma, schedule[:k]).numpy(), camera) for k in range(1, len(schedule) + 1)]
     assert values[-1] > baseline + 0.2
     assert all(b > a - 0.02 for a, b in zip(values, values[1:]))  # never diverges along the schedule

@@ -10,8 +10,10 @@ from conftest import random_model
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli import denoisers as gmdm_denoisers
 from gmdm_cli import model as gmdm_model
+from gmdm_cli import tiling as gmdm_tiling
 from gmdm_cli.denoisers import ebpa, hqs
-from gmdm_cli.model import STRIP_VALUES, patch_counts, strip_rows
+from gmdm_cli.model import patch_counts
+from gmdm_cli.tiling import STRIP_VALUES, strip_rows
 from gmdm_cli.noise import patch_energies, sigma_levels
 from gmdm_cli.tiling import automatic_tile, tiled
 
@@ -50,10 +52,10 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
         return rows or patch_rows
 
     with torch.no_grad():
-        monkeypatch.setattr(gmdm_model, "strip_rows", strip_rows)
+        monkeypatch.setattr(gmdm_tiling, "strip_rows", strip_rows)
         whole = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
         for rows in (1, 4, 5, 27):
-            monkeypatch.setattr(gmdm_model, "strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
+            monkeypatch.setattr(gmdm_tiling, "strip_rows", lambda *a, rows=rows: strip_rows(*a, rows=rows))
             strips = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0)]
             for a, b in zip(strips, whole):
                 assert torch.allclose(a, b, atol=1e-13, rtol=0)
@@ -64,7 +66,7 @@ def test_blocks_of_strips_on_worker_threads_equal_one_thread(monkeypatch):
     model = random_model(patch_size=3, num_components=21, seed=67)
     image = torch.rand(1, 1, 40, 23, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
     sigma_map = 0.02 + 0.1 * torch.rand(1, 1, 38, 21, generator=torch.Generator().manual_seed(69), dtype=torch.float64)
-    monkeypatch.setattr(gmdm_model, "strip_rows", lambda *args: 4)  # 10 strips
+    monkeypatch.setattr(gmdm_tiling, "strip_rows", lambda *args: 4)  # 10 strips
     threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     grad_modes = []  # the gradient mode in which each strip's patch sum ran
 
