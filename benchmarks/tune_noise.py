@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from gmdm_cli.checkpoint import load_model
-from gmdm_cli.noise import (QUIET_SELECTION_FROM, _argmin_refined, apply_calibration, estimate_global_sigma,
-                            expert_mean_energies, response_histograms, window_energies)
+from gmdm_cli.calibration import QUIET_SELECTION_FROM
+from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, expert_mean_energies, response_histograms,
+                            window_energies)
+from gmdm_cli.sites import argmin_refined
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
@@ -43,12 +45,12 @@ def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
     """Raw estimates (0-1 scale) of every variant: fractions, quantiles, mean-energy."""
     whole = estimate_global_sigma(model, noisy)
     blocks, levels = window_energies(model, noisy, window, whole)
-    argmins = _argmin_refined(blocks, levels)
+    argmins = argmin_refined(blocks, levels)
     order = torch.argsort(argmins)
     values = []
     for fraction in FRACTIONS:
         keep = order[:max(1, round(fraction * blocks.shape[1]))]
-        values.append(float(_argmin_refined(blocks[:, keep].mean(1, keepdim=True), levels)[0]))
+        values.append(float(argmin_refined(blocks[:, keep].mean(1, keepdim=True), levels)[0]))
     values += [float(torch.quantile(argmins.double(), q)) for q in QUANTILES]
     return values + [max(whole, 2 / 255)]
 
@@ -84,7 +86,7 @@ def report(results: np.ndarray, curves: np.ndarray | None = None) -> None:
         show(name, results[:, :, v] if name == "estimate_sigma" else calibrated(results[:, :, v], fit))
     if curves is None:
         return
-    argmin = lambda values: _argmin_refined(torch.as_tensor(np.moveaxis(values, -1, 0)), torch.as_tensor(GRID)).numpy()
+    argmin = lambda values: argmin_refined(torch.as_tensor(np.moveaxis(values, -1, 0)), torch.as_tensor(GRID)).numpy()
     selected = [k for k, s in enumerate(SIGMAS) if s >= QUIET_SELECTION_FROM]
     ratios = argmin(curves[fit][:, selected]) * 255 / truth[selected, None]  # (fit images, levels, J)
     ranking = np.argsort(ratios.mean((0, 1)))

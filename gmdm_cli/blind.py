@@ -18,7 +18,7 @@ read texture as 10 % more noise at sigma 5. They are evaluated every second patc
 
 Clipped files: pixels at exactly 0 or 1 when the image's range ends there (8- or 16-bit files saturate)
 carry no noise, or a clipped one; every patch that holds one or lies within a patch's width of one is left out
-of every estimate (:func:`~gmdm_cli.noise.usable_sites`), and its level comes from its neighbours or the
+of every estimate (:func:`~gmdm_cli.sites.usable_sites`), and its level comes from its neighbours or the
 fitted model.
 
 Which model: the likelihood always prefers the richest model, because it also explains texture; :func:`choose`
@@ -39,7 +39,8 @@ from .choices import NOISE_MODELS
 from .denoisers import LADDER_LEVELS, ladder_position
 from .image_io import split_alpha
 from .model import time_from_sigma
-from .noise import _argmin_refined, quiet_experts, sites_to_pixels, usable_sites
+from .noise import quiet_experts
+from .sites import argmin_refined, sites_to_pixels, usable_sites
 from .tables import expert_table
 
 LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= 0.5)][::2]  # ~15 % apart
@@ -55,7 +56,7 @@ NLF_CAP = 1.2  # the noise-level function's levels stay below this times the loc
 class SiteEnergies:
     """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` at
     ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, the sites' mean intensities and which
-    are usable (:func:`~gmdm_cli.noise.usable_sites`)."""
+    are usable (:func:`~gmdm_cli.sites.usable_sites`)."""
     energies: torch.Tensor
     levels: torch.Tensor
     means: torch.Tensor
@@ -143,7 +144,7 @@ def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS) -> torch.Tensor:
     weights = sites.valid.to(sites.energies.dtype)
     pooled, counts = _box(sites.energies * weights, radius), _box(weights, radius)
     overall = (sites.energies * weights).sum((1, 2)) / weights.sum().clamp_min(1)
-    return _argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
+    return argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
 
 
 def fit_nlf(sites: SiteEnergies, local: torch.Tensor, bins: int = NLF_BINS):

@@ -849,7 +849,8 @@ def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
 def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
     from .checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
-    from .noise import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise, calibration_for
+    from .calibration import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise
+    from .noise import calibration_for
     from .training import find_images, load_training_images, spread
 
     sigmas = sorted(set(_sigmas(levels, "--levels"))) if levels else list(CALIBRATION_LEVELS)

@@ -2,8 +2,9 @@
 
 Every kind of model implements :class:`GMDM`; the algorithms (EB-PA and HQS through :meth:`GMDM.denoise`,
 noise estimation through :meth:`GMDM.site_grid` and :meth:`GMDM.site_inputs`, sampling through
-:meth:`GMDM.tweedie_correction`, checkpoints through :meth:`GMDM.checkpoint_fields` and
-:meth:`GMDM.from_checkpoint`, training through :attr:`GMDM.projected`) take any of them and never ask which
+:meth:`GMDM.tweedie_correction`, checkpoints through :meth:`GMDM.checkpoint_fields`,
+:meth:`GMDM.expected_shapes` and :meth:`GMDM.from_checkpoint`, training through :meth:`GMDM.for_training`,
+:meth:`GMDM.adopt`, :meth:`GMDM.run_metadata` and :attr:`GMDM.projected`) take any of them and never ask which
 kind they have. A new kind is one new module with its class, and one line in :data:`KINDS`.
 """
 
@@ -29,6 +30,8 @@ class GMDM(Protocol):
     """Names of the parameters that training keeps on the zero-mean orthogonal set (Algorithm 1)."""
     exact_patches: bool
     """Whether patches can be drawn from it exactly (Corollary 2.1) and its filters drawn (``gmdm inspect``)."""
+    shape_fields: tuple[str, ...]
+    """The checkpoint metadata fields that give its tensors' shapes (``patch_size``, ``bands``)."""
     metadata: dict
 
     def smallest_side(self) -> int:
@@ -57,6 +60,18 @@ class GMDM(Protocol):
     @classmethod
     def from_checkpoint(cls, payload: dict, dtype):
         """The model of a validated checkpoint dictionary."""
+
+    @classmethod
+    def for_training(cls, config):
+        """The initial model of a training run (:class:`gmdm_cli.training.TrainingConfig`)."""
+
+    @staticmethod
+    def adopt(config, metadata: dict) -> None:
+        """Fit a training config to the model of ``metadata`` that a run starts from (a ``ValueError`` if it cannot)."""
+
+    @staticmethod
+    def run_metadata(config) -> dict:
+        """What a training run's checkpoint records of ``config`` besides the model's own shape."""
 
 
 def kind_class(name: str):

@@ -18,7 +18,7 @@ of :func:`estimate_noise`) applies the same argmin to the flattest regions only:
 patches are pooled over windows, each window gets its argmin, and the windows with the lowest ones are
 pooled for the final argmin. Natural images nearly always have some flat region, where the argmin sees
 noise only; the selection's own bias is the same for every image and is removed by the calibration
-(:func:`calibrate_noise`).
+(:func:`~gmdm_cli.calibration.calibrate_noise`).
 
 The flat estimate sees few pixels, so at high noise its spread (about 1 % of sigma) exceeds that of a
 whole-image estimate. Texture raises some experts' argmins far more than others' (high-frequency filters
@@ -37,43 +37,12 @@ import torch
 from .kinds import GMDM
 from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
-
-SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
-
-
-def clipped_pixels(image: torch.Tensor) -> torch.Tensor:
-    """Pixels at an end of the [0, 1] range when the image's values end there (a saturated 8/16-bit file):
-    exactly 0 where nothing is below 0, exactly 1 where nothing is above 1. Unclipped noisy images (values
-    beyond the range) have none. A clipped Gaussian is not a Gaussian: the estimators leave out every site
-    that holds such a pixel (:func:`usable_sites`)."""
-    mask = torch.zeros_like(image, dtype=torch.bool)
-    if float(image.min()) == 0:
-        mask |= image == 0
-    if float(image.max()) == 1:
-        mask |= image == 1
-    return mask
-
-
-def usable_sites(model: GMDM, images: torch.Tensor) -> torch.Tensor | None:
-    """Which sites of :meth:`~gmdm_cli.kinds.GMDM.site_grid` have no clipped pixel (:func:`clipped_pixels`) in their block or within
-    one block's width of it, ``(N, rows, columns)`` for ``images`` ``(N, 1, H, W)``; ``None`` when every site is
-    usable, or none is (nothing to leave out then). The margin: near a saturated region the patches that escaped
-    clipping are those whose noise happened to stay away from the end, a truncated (quieter) sample; the flat
-    estimator would pick them first (sigma 5 read as 2.8 on a clipped 8-bit file without it)."""
-    import torch.nn.functional as F
-
-    clipped = torch.stack([clipped_pixels(image) for image in images]).to(images.dtype)
-    if not bool(clipped.any()):
-        return None
-    rows, columns, footprint, stride = model.site_grid(images.shape[-2:])
-    padded = F.pad(clipped, (footprint,) * 4)  # zeros: outside the image nothing is clipped
-    usable = F.max_pool2d(padded, 3 * footprint, stride)[:, 0, :rows, :columns] == 0
-    return usable if bool(usable.any()) else None
+from .sites import SIGMA_MAX, argmin_refined, patch_energies, sigma_levels, usable_sites
 
 
 def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512):
     """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``
-    (of the :func:`usable_sites` only, when some hold clipped pixels).
+    (of the :func:`~gmdm_cli.sites.usable_sites` only, when some hold clipped pixels).
 
     Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
     """
@@ -156,11 +125,11 @@ def histogram_argmin(model: GMDM, histograms, experts=None, coarse: int = 14, to
 
 def expert_sigmas(model: GMDM, histograms, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Every expert's own argmin ``(J,)``: the ``sigma`` of ``levels`` (default: 96 levels of
-    :func:`sigma_levels`, refined by a parabola) that minimises the mean of ``-log psi_j`` over the image's
-    responses. Content raises it; :func:`calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
+    :func:`~gmdm_cli.sites.sigma_levels`, refined by a parabola) that minimises the mean of ``-log psi_j`` over the image's
+    responses. Content raises it; :func:`~gmdm_cli.calibration.calibrate_noise` keeps the experts it raises least (``"quiet"``)."""
     levels = sigma_levels(96) if levels is None else levels
     energies = torch.stack([expert_mean_energies(model, histograms, float(s)) for s in levels])  # (K, J)
-    return _argmin_refined(energies, levels)
+    return argmin_refined(energies, levels)
 
 
 ESTIMATORS = ("auto", "flat", "quiet", "mean-energy")
@@ -173,25 +142,25 @@ def estimate_flat_sigma(model: GMDM, image: torch.Tensor, window: int = 15, frac
                         whole: float | None = None) -> float:
     """Raw noise level of a gray image ``(H, W)`` (0-1 scale) from its flattest regions.
 
-    Patch energies are computed on the levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image
+    Patch energies are computed on the levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the whole-image
     estimate :func:`estimate_global_sigma` (content only raises an argmin; a fixed ladder, so the expert
     tables are built once for many images) and averaged over ``window x window``
     blocks of patch positions (overlapping by two thirds); every block gets its argmin. The ``fraction`` of
     blocks with the lowest argmin are the flattest regions: the estimate is the argmin over ``t`` of their
     mean energy, i.e. Fig. 4's estimator restricted to them. Window 15 and fraction 1 % were chosen on
     BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on BSD68). Uncalibrated: selecting low
-    blocks biases it low by the same factor for every image, which :func:`calibrate_noise` removes.
+    blocks biases it low by the same factor for every image, which :func:`~gmdm_cli.calibration.calibrate_noise` removes.
     ``whole``: the whole-image estimate when it is already known.
     """
     blocks, levels = window_energies(model, image, window, whole)
-    flattest = torch.argsort(_argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
-    return float(_argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
+    flattest = torch.argsort(argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
+    return float(argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
 
 
 def window_energies(model: GMDM, image: torch.Tensor, window: int = 15,
                     whole: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean patch energies over ``window x window`` blocks of patch positions (stride ``window // 3``), on the
-    levels of :func:`sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
+    levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
     given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`.
     A band model's blocks are of lattice cells (:meth:`~gmdm_cli.kinds.GMDM.site_grid`), ``window`` pixels wide (rounded)."""
     import torch.nn.functional as F
@@ -209,59 +178,6 @@ def window_energies(model: GMDM, image: torch.Tensor, window: int = 15,
         clean = F.max_pool2d((~usable).to(blocks.dtype)[None], window, stride=stride).flatten() == 0
         blocks = blocks[:, clean] if bool(clean.any()) else blocks
     return blocks, levels.to(blocks.dtype)
-
-
-def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
-    """Candidate noise levels for per-patch estimation: 0 and a geometric ladder up to ``sigma_max``."""
-    return torch.cat([torch.zeros(1, dtype=torch.float64),
-                      torch.logspace(math.log10(1 / 255), math.log10(sigma_max), count - 1, dtype=torch.float64)])
-
-
-def patch_energies(model: GMDM, image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """``-log f(P_i y, sigma_k^2 / 2)`` of every site at every level (tabulated experts, up to the constant
-    ``log Z``): ``(K, H-b+1, W-b+1)`` for a patch model's patches, ``(K, H/M, W/M)`` for a band model's lattice
-    sites (the sum over its modelled bands); sites as :meth:`~gmdm_cli.kinds.GMDM.site_inputs` gives them."""
-    from .tables import expert_table
-
-    images = (image if image.dim() == 4 else image[None, None]).to(model.logits.dtype)
-    tables = [expert_table(model, float(time_from_sigma(s))) for s in sigmas]
-    rows, columns, _, _ = model.site_grid(images.shape[-2:])
-    energies = images.new_empty(len(tables), rows, columns)
-
-    def strip_energies(top: int, bottom: int, z: torch.Tensor) -> None:
-        for level, table in enumerate(tables):
-            energies[level, top:bottom] = table.energy(z).sum(1)[0]
-
-    with torch.no_grad():
-        model.site_inputs(images, strip_energies)
-    return energies
-
-
-def _argmin_refined(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Argmin over dimension 0 with a parabola through the neighbours (on the level index); on ``values``'
-    device, in its dtype."""
-    levels = levels.to(device=values.device, dtype=values.dtype)
-    count = values.shape[0]
-    best = values.argmin(0).clamp(1, count - 2)
-    left, centre, right = (values.gather(0, (best + d)[None])[0] for d in (-1, 0, 1))
-    curvature = left - 2 * centre + right
-    shift = torch.where(curvature > 0, 0.5 * (left - right) / curvature.clamp_min(1e-12), torch.zeros_like(centre))
-    position = (best + shift.clamp(-1, 1)).clamp(0, count - 1)
-    lower = position.floor().long().clamp(max=count - 2)
-    fraction = (position - lower).to(levels.dtype)
-    return torch.lerp(levels[lower], levels[lower + 1], fraction)
-
-
-def sites_to_pixels(per_site: torch.Tensor, shape, footprint: int, stride: int) -> torch.Tensor:
-    """Per-pixel values ``(H, W)`` from values of the sites of :meth:`~gmdm_cli.kinds.GMDM.site_grid` ``(1, 1, h, w)``: every pixel the
-    mean of the sites whose ``footprint x footprint`` block covers it (edge pixels no site covers: the nearest)."""
-    import torch.nn.functional as F
-
-    ones = per_site.new_ones(1, 1, footprint, footprint)
-    summed = F.conv_transpose2d(per_site, ones, stride=stride)
-    pixels = summed / F.conv_transpose2d(torch.ones_like(per_site), ones, stride=stride)
-    height, width = shape  # a band model's lattice may leave a margin of < M pixels: extend the edge
-    return F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]), mode="replicate")[0, 0]
 
 
 def apply_calibration(sigma, calibration: dict | None):
@@ -315,7 +231,7 @@ def raw_global_sigma(model: GMDM, image: torch.Tensor, estimator: str = "flat") 
 
 
 def calibration_for(model: GMDM, estimator: str) -> dict | None:
-    """The checkpoint's calibration of ``estimator`` (of :data:`CALIBRATED`), if it has one (one per estimator,
+    """The checkpoint's calibration of ``estimator`` (of :data:`RAW_ESTIMATORS`), if it has one (one per estimator,
     by name; a single curve, as written before there were several estimators, is the ``"mean-energy"`` one)."""
     calibration = model.metadata.get("noise_calibration") or {}
     if "raw" in calibration:
@@ -324,7 +240,7 @@ def calibration_for(model: GMDM, estimator: str) -> dict | None:
 
 
 def quiet_experts(model: GMDM) -> list[int] | None:
-    """The experts of the ``"quiet"`` estimator, chosen by :func:`calibrate_noise`; ``None`` without one."""
+    """The experts of the ``"quiet"`` estimator, chosen by :func:`~gmdm_cli.calibration.calibrate_noise`; ``None`` without one."""
     calibration = calibration_for(model, "quiet")
     return calibration["experts"] if calibration else None
 
@@ -407,57 +323,3 @@ def _intensity(model: GMDM, image) -> tuple[torch.Tensor, float]:
     return torch.as_tensor(gray, dtype=model.logits.dtype, device=model.logits.device), gain
 
 
-CALIBRATION_LEVELS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 100)  # 0-255 scale
-CALIBRATED = RAW_ESTIMATORS
-QUIET_SELECTION_FROM = 15  # 0-255: levels at which the quiet experts are chosen (the quiet estimator's range)
-
-
-def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
-                    estimators=CALIBRATED) -> dict:
-    """Measure the raw global estimators of :data:`RAW_ESTIMATORS` on clean gray ``images`` (numpy, [0, 1])
-    with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
-    (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
-    increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
-    (:func:`expert_sigmas`, searched from half to twice the true level) exceeds the true level least, on
-    average over the images and the levels from ``QUIET_SELECTION_FROM`` on (their indices are stored with
-    the curve)."""
-    import numpy as np
-
-    unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
-    if unknown:
-        raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
-    rng = np.random.default_rng(seed)
-    global_ones = [estimator for estimator in estimators if estimator != "quiet"]
-    raw = {estimator: [] for estimator in estimators}
-    kept_histograms, ratios = [], []  # for "quiet", once its experts are chosen
-    for sigma in sigmas:
-        estimates = {estimator: [] for estimator in estimators}
-        kept_histograms.append([])
-        for image in images:
-            noisy = image + sigma / 255 * rng.standard_normal(image.shape)
-            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
-            histograms = _histograms(model, tensor)
-            found = raw_global_sigmas(model, tensor, global_ones, histograms) if global_ones else {}
-            if "quiet" in estimators:
-                kept_histograms[-1].append(histograms)
-                if sigma >= QUIET_SELECTION_FROM:  # argmins searched from half to twice the true level
-                    levels = torch.logspace(math.log10(sigma / 510), math.log10(sigma / 127.5), 32, dtype=torch.float64)
-                    ratios.append(expert_sigmas(model, histograms, levels).cpu().numpy() * 255 / sigma)
-            for estimator, value in found.items():
-                estimates[estimator].append(value)
-        for estimator in global_ones:
-            raw[estimator].append(float(np.mean(estimates[estimator])))
-    extra = {}
-    if "quiet" in estimators:
-        if not ratios:
-            raise ValueError(f"the 'quiet' calibration needs a level of at least {QUIET_SELECTION_FROM}")
-        experts = sorted(int(j) for j in np.argsort(np.mean(ratios, 0))[:QUIET_EXPERTS])
-        raw["quiet"] = [float(np.mean([histogram_argmin(model, h, experts) for h in level]))
-                        for level in kept_histograms]
-        extra["quiet"] = {"experts": experts}
-    result = {}
-    for estimator in estimators:
-        means = np.maximum.accumulate(np.asarray(raw[estimator])) + 1e-9 * np.arange(len(sigmas))
-        result[estimator] = {"raw": [float(r) for r in means], "true": [s / 255 for s in sigmas],
-                             "images": len(images), "seed": seed, **extra.get(estimator, {})}
-    return result

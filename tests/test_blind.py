@@ -11,7 +11,8 @@ import gmdm_cli
 from gmdm_cli.blind import estimate_blind, fit_nlf, local_levels, site_energies
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.cli import cli
-from gmdm_cli.noise import clipped_pixels, estimate_noise
+from gmdm_cli.noise import estimate_noise
+from gmdm_cli.sites import clipped_pixels
 
 
 @pytest.fixture(scope="module")

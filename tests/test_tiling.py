@@ -14,7 +14,7 @@ from gmdm_cli import tiling as gmdm_tiling
 from gmdm_cli.denoisers import ebpa, hqs
 from gmdm_cli.model import patch_counts
 from gmdm_cli.tiling import STRIP_VALUES, strip_rows
-from gmdm_cli.noise import patch_energies, sigma_levels
+from gmdm_cli.sites import patch_energies, sigma_levels
 from gmdm_cli.tiling import automatic_tile, tiled
 
 
