@@ -8,9 +8,10 @@ Heavy modules are imported on first use, so ``import gmdm_cli`` stays cheap.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "denoise", "estimate_noise", "estimate_noise_model"]
+__all__ = ["load_model", "get_model", "denoise", "estimate_noise", "estimate_noise_model", "Denoised"]
 
 
 def load_model(name="7x7", device="cpu"):
@@ -33,25 +34,36 @@ def load_model(name="7x7", device="cpu"):
     return _load(name, device=device)
 
 
-def _model(model):
-    """A loaded model as it is; a name or path loaded once per process and file version (its expert tables
-    are kept with it)."""
+def get_model(model="7x7", device="cpu"):
+    """A model as it is, or a built-in name or checkpoint path loaded once per process, file version and device
+    (its expert tables are kept with it): what :func:`denoise` and the other functions here use, and the command
+    line too."""
     from .checkpoint import resolve_model_path
     from .kinds import is_model
 
     if is_model(model):
         return model
     path = resolve_model_path(model)
-    return _loaded(str(path), path.stat().st_mtime_ns if path.is_file() else None)
+    return _loaded(str(path), path.stat().st_mtime_ns if path.is_file() else None, str(device))
 
 
 @functools.lru_cache(maxsize=4)
-def _loaded(path, stamp):
-    return load_model(path)
+def _loaded(path, stamp, device):
+    return load_model(path, device)
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """What :func:`denoise` gives with ``return_noise=True``: the ``image``, the noise levels it was denoised at
+    (``sigma``: a number or a per-pixel map, [0, 1] scale) and, blind, the noise models' ``estimates``."""
+
+    image: object
+    sigma: object
+    estimates: list = field(default_factory=list)
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
-            tile=None, iterations=None, noise_model="auto"):
+            tile=None, iterations=None, noise_model="auto", return_noise=False):
     """Denoise an image corrupted by additive Gaussian noise.
 
     Parameters
@@ -81,6 +93,8 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
     noise_model : {"auto", "constant", "nlf", "map"}
         With ``blind=True``: the noise model (:mod:`gmdm_cli.blind`); ``"auto"`` chooses the one that explains
         the image best: one level, a noise-level function of the intensity, or a spatial map.
+    return_noise : bool
+        Return a :class:`Denoised` with the noise levels used (and, blind, the estimates) instead of the image.
 
     Returns
     -------
@@ -108,18 +122,20 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
 
     if (sigma is None) != bool(blind):
         raise ValueError("give sigma, or blind=True (not both)")
-    model = _model(model)
+    model = get_model(model)
     image = np.asarray(image, dtype=np.float64)
+    estimates = []
     if blind:
         from .blind import blind_levels
 
-        sigma = blind_levels(model, image, noise_model)[0]
+        sigma, estimates = blind_levels(model, image, noise_model)
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
-    return denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
+    result = denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
+    return Denoised(result, sigma, estimates) if return_noise else result
 
 
-def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model="auto"):
+def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model="auto", return_estimates=False):
     """Estimate the standard deviation of additive Gaussian noise in an image (Sec. 4.4 of the paper).
 
     Parameters
@@ -137,6 +153,9 @@ def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model=
         ``"mean-energy"``: ``sqrt(2 argmin_t mean_i -log f(P_i y, t))`` over all patches, the paper's estimate.
     noise_model : {"auto", "constant", "nlf", "map"}
         The noise model of the map (:mod:`gmdm_cli.blind`).
+    return_estimates : bool
+        Return ``(sigma, sigma_map, estimates)``: the map and the noise models of :func:`estimate_noise_model`
+        (the global level measured once).
 
     Returns
     -------
@@ -155,9 +174,11 @@ def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model=
     """
     import numpy as np
 
-    from .noise import estimate_noise as estimate
+    from .noise import estimate_noise as estimate, estimate_noise_models
 
-    sigma, sigma_map = estimate(_model(model), np.asarray(image, dtype=np.float64), map, estimator, noise_model)
+    if return_estimates:
+        return estimate_noise_models(get_model(model), np.asarray(image, dtype=np.float64), estimator, noise_model)
+    sigma, sigma_map = estimate(get_model(model), np.asarray(image, dtype=np.float64), map, estimator, noise_model)
     return (sigma, sigma_map) if map else sigma
 
 
@@ -195,4 +216,4 @@ def estimate_noise_model(image, noise_model="auto", model="7x7"):
 
     from .blind import blind_levels
 
-    return blind_levels(_model(model), np.asarray(image, dtype=np.float64), noise_model)[1]
+    return blind_levels(get_model(model), np.asarray(image, dtype=np.float64), noise_model)[1]

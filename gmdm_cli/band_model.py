@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .denoisers import hqs_schedule, hqs_updates
-from .model import MixtureExperts, expert_log_density, expert_score, initial_logits, time_from_sigma
+from .model import MixtureExperts, image_shape, expert_log_density, expert_score, initial_logits, time_from_sigma
 
 
 class BandGMDM(MixtureExperts):
@@ -77,15 +77,10 @@ class BandGMDM(MixtureExperts):
     exact_patches = False
     shape_fields = ("bands",)
 
-    def smallest_side(self) -> int:
-        return self.bands
-
     def site_grid(self, shape) -> tuple[int, int, int, int]:
         """The ``M x M`` lattice cells."""
-        height, width = shape
         m = self.bands
-        if min(height, width) < m:
-            raise ValueError(f"image of {width}x{height} pixels is smaller than the model's {m}x{m} lattice cells")
+        height, width = image_shape(shape, m, f"the model's {m}x{m} lattice cells")
         return height // m, width // m, m, m
 
     def site_inputs(self, images: torch.Tensor, function) -> list:
@@ -126,9 +121,18 @@ class BandGMDM(MixtureExperts):
     @classmethod
     def for_training(cls, config) -> "BandGMDM":
         """The initial model of a training run on crops of ``config.patch_size`` pixels."""
+        return cls.initial(config.bands)
+
+    @staticmethod
+    def training_defaults(bands: int) -> dict:
+        """Crops of 8 lattice cells a side, 16 of them a step."""
+        return {"patch_size": 8 * bands, "batch_size": 16}
+
+    @staticmethod
+    def check_training(config) -> None:
+        """A ``ValueError`` for crops that do not split into the bands."""
         if config.patch_size % config.bands:
             raise ValueError(f"crops of {config.patch_size} pixels do not split into {config.bands} bands")
-        return cls.initial(config.bands)
 
     @staticmethod
     def adopt(config, metadata: dict) -> None:

@@ -111,16 +111,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _count(value, name: str, least: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+    if not _is_number(value) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be a whole number >= {least}, not {value!r}")
     return value
 
 
 def _positive(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, not {value!r}")
     return float(value)
+
+
+def _finite_numbers(values) -> bool:
+    """A list of at least two finite numbers."""
+    return (isinstance(values, (list, tuple)) and len(values) >= 2
+            and all(_is_number(v) and math.isfinite(v) for v in values))
 
 
 def _finite_tensor(value, name: str, shape: tuple) -> None:
@@ -164,15 +174,13 @@ def _validate_curve(name: str, curve, experts: int) -> None:
     if not isinstance(curve, dict):
         raise ValueError(f"{where} must be a dictionary")
     raw, true = curve.get("raw"), curve.get("true")
-    numbers = all(isinstance(values, (list, tuple)) and len(values) >= 2
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-                  for values in (raw, true))
-    if not numbers or len(raw) != len(true) or any(b <= a for a, b in zip(raw, raw[1:])):
+    if not (_finite_numbers(raw) and _finite_numbers(true) and len(raw) == len(true)
+            and all(b > a for a, b in zip(raw, raw[1:]))):
         raise ValueError(f"{where} needs 'raw' and 'true': lists of the same length (>= 2) of finite numbers, "
                          f"'raw' increasing")
     chosen = curve.get("experts")
-    if chosen is not None and (not isinstance(chosen, (list, tuple)) or not chosen or any(
-            not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < experts for j in chosen)):
+    if chosen is not None and not (isinstance(chosen, (list, tuple)) and chosen and all(
+            _is_number(j) and isinstance(j, int) and 0 <= j < experts for j in chosen)):
         raise ValueError(f"{where}: 'experts' must list expert numbers from 0 to {experts - 1}")
 
 

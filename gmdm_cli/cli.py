@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import math
 import os
 import signal
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import click
 
-from .choices import NOISE_MODELS
+from .choices import (BOUNDARIES, COLOUR_SPACES, DEVICES, ESTIMATORS, LOSSES, METHODS, MODEL_TYPES, NOISE_MODELS,
+                      OPTIMIZERS, RAW_ESTIMATORS, TRAINING)
 from .errors import GmdmError
 from .image_io import shown
 
-DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_NAMES = "7x7, 15x15, conv"
 MAX_PIXELS = 250_000_000
 """Default of ``--max-pixels``: 250 Mpixel, about 2 GB as float64."""
@@ -43,6 +42,20 @@ def _device_option(function):
                         help="Where the numerics run: auto (CUDA when available, else the CPU), cpu or cuda.")(function)
 
 
+def _seed_option(help_text: str):
+    return click.option("--seed", default=TRAINING["seed"], show_default=True, type=int, help=help_text)
+
+
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Replace existing output files (never a file the command reads).")
+
+
+def _noise_model_option(what: str):
+    return click.option("--noise-model", type=click.Choice(NOISE_MODELS), default=NOISE_MODELS[0], show_default=True,
+                        help=f"{what}: auto chooses the one that explains the image best by likelihood (one level, "
+                             f"a noise-level function of the intensity, or a spatial map); the others force one.")
+
+
 def _model_option(function):
     return click.option("--model", "model_name", default="7x7", show_default=True,
                         help=f"Built-in model ({BUILTIN_NAMES}) or a checkpoint path.")(function)
@@ -59,28 +72,15 @@ def _device(name: str):
 
 
 def _load_model(name: str, device, exact_patches: bool = False):
-    """The model, loaded once per process for a given file version and device (it carries its expert tables);
-    ``exact_patches``: refuse a model that cannot give them (the conv model), for the commands that draw patches
-    or show filters."""
-    from .checkpoint import CheckpointError, resolve_model_path
+    """The model, through the library's one cache (:func:`gmdm_cli.get_model`); ``exact_patches``: refuse a model
+    that cannot give them (the conv model), for the commands that draw patches or show filters."""
+    import gmdm_cli
 
-    try:
-        path = resolve_model_path(name)
-        stamp = path.stat().st_mtime_ns if path.is_file() else None
-        model = _cached_model(str(path), str(device), stamp)
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
+    model = gmdm_cli.get_model(name, device)
     if exact_patches and not model.exact_patches:
         raise click.ClickException(f"{shown(name)}: a {model.kind} model has no patches to draw or filters to show "
                                    f"(this works with patch models)")
     return model
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_model(path: str, device: str, stamp):
-    from .checkpoint import load_model
-
-    return load_model(path, device=device)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -217,26 +217,26 @@ def cli():
 @click.argument("image_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (and to continue from with --resume).")
-@click.option("--model-type", type=click.Choice(["patch", "conv"]), default="patch", show_default=True,
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default=TRAINING["model_type"], show_default=True,
               help="patch: the patch GMDM (Sec. 3.1); conv: the convolutional model of Sec. 3.2 made exact by "
                    "critically sampled bands (gmdm_cli.band_model).")
-@click.option("--patch-size", default=7, show_default=True, type=click.IntRange(2, 256),
+@click.option("--patch-size", default=TRAINING["patch_size"], show_default=True, type=click.IntRange(2, 256),
               help="patch: the patch side b, 2 to 31; conv: the side of the training crops, up to 256 and a "
                    "multiple of --bands [conv default: 8 x bands].")
-@click.option("--bands", default=8, show_default=True, type=click.IntRange(2, 32),
+@click.option("--bands", default=TRAINING["bands"], show_default=True, type=click.IntRange(2, 32),
               help="conv: bands per axis (M x M bands, M^2 - 1 experts).")
-@click.option("--steps", default=100_000, show_default=True, type=click.IntRange(1), help="Total optimiser steps.")
-@click.option("--batch-size", default=3200, type=click.IntRange(1),
+@click.option("--steps", default=TRAINING["steps"], show_default=True, type=click.IntRange(1), help="Total optimiser steps.")
+@click.option("--batch-size", default=TRAINING["batch_size"], type=click.IntRange(1),
               help="Patches per step [default: 3200; conv: 16 crops].")
-@click.option("--learning-rate", default=1e-2, show_default=True, type=_Finite(min=0, min_open=True),
+@click.option("--learning-rate", default=TRAINING["learning_rate"], show_default=True, type=_Finite(min=0, min_open=True),
               help="Initial Adam step size (cosine decay to 1% of it).")
-@click.option("--sigma-max", default=0.4, show_default=True, type=_Finite(min=0, max=1, min_open=True),
+@click.option("--sigma-max", default=TRAINING["sigma_max"], show_default=True, type=_Finite(min=0, max=1, min_open=True),
               help="Noise levels sqrt(2t) are drawn from U[0, sigma_max] (0-1 scale).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, patches and noise.")
-@click.option("--loss", type=click.Choice(["norm", "squared", "noise"]), default="norm", show_default=True,
+@_seed_option("Seed of initialisation, patches and noise.")
+@click.option("--loss", type=click.Choice(LOSSES), default=TRAINING["loss"], show_default=True,
               help="norm: Eq. 4 as written (the norm of each patch's residual); squared: its square; noise: the "
                    "square over sigma^2 (noise prediction).")
-@click.option("--optimizer", type=click.Choice(["adam", "ipalm"]), default="adam", show_default=True,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=TRAINING["optimizer"], show_default=True,
               help="adam: Adam with a cosine learning-rate decay, then Algorithm 1; ipalm: the paper's iPALM "
                    "(step sizes by backtracking, Algorithm 1 as the filters' proximal map; --learning-rate unused).")
 @click.option("--init", "init_model", metavar="MODEL",
@@ -254,59 +254,79 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
 
     Several processes: torchrun --nproc_per_node=N -m gmdm_cli train ... (the batch is split over them).
     """
-    from .training import generator_device, run_training, TrainingConfig, TrainingDataError, TrainingSetupError
-    from .checkpoint import CheckpointError, read_checkpoint, resolve_model_path
-    from .kinds import kind_of_format
+    from .checkpoint import read_checkpoint, resolve_model_path
+    from .training import run_training, TrainingConfig
 
+    _check_train_usage(output, init_model, resume, log_path)
+    initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
+    previous = read_checkpoint(output) if resume and output.is_file() else None
+    source = click.get_current_context().get_parameter_source
+    given = {name for name in ("model_type", "patch_size", "bands", "batch_size", "device")
+             if source(name).name != "DEFAULT"}
+    model_type, shape = _training_shape(initial or previous, given, model_type, patch_size, bands, batch_size)
+    config = TrainingConfig(steps=steps, learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
+                            sigma_max=sigma_max, seed=seed, loss=loss, optimizer=optimizer, model_type=model_type,
+                            **shape)
+    if previous is not None and "device" not in given:  # stay where the run was
+        device = _run_device(previous, output)
+    summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
+                           checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
+                           initial_name=init_model, previous=previous)
+    if summary["rank"] == 0:
+        _report_training(summary, output, previous)
+
+
+def _check_train_usage(output: Path, init_model: str | None, resume: bool, log_path: Path | None) -> None:
     if init_model is not None and resume:
         raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
     if log_path is not None and any(_same_file(log_path, Path(path)) for path in (output, init_model) if path):
         raise click.UsageError("--log must name its own file (not the checkpoint)")
-    try:
-        initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
-        source = click.get_current_context().get_parameter_source
-        taken = initial if initial is not None else read_checkpoint(output) if resume and output.is_file() else None
-        if taken is not None:  # the model or the run taken up says what it is
-            kind = kind_of_format(taken["format"])
-            if source("model_type").name != "DEFAULT" and kind != model_type:
-                raise click.UsageError(f"--model-type {model_type}: the model taken up is a {kind} model")
-            model_type, bands = kind, taken["metadata"].get("bands", bands)
-        if source("patch_size").name == "DEFAULT":
-            if taken is not None:
-                patch_size = taken["metadata"].get("crop_size", taken["metadata"].get("patch_size"))
-            elif model_type == "conv":
-                patch_size = 8 * bands
-        if model_type == "conv" and source("batch_size").name == "DEFAULT":
-            batch_size = 16
-        if model_type == "patch" and patch_size > 31:
-            raise click.BadParameter(f"{patch_size}: patches are at most 31 pixels wide", param_hint="--patch-size")
-        if model_type == "patch" and source("bands").name != "DEFAULT":
-            raise click.UsageError("--bands goes with --model-type conv")
-        config = TrainingConfig(patch_size=patch_size, steps=steps, batch_size=batch_size,
-                                learning_rate=learning_rate, final_learning_rate=learning_rate / 100,
-                                sigma_max=sigma_max, seed=seed, loss=loss, optimizer=optimizer,
-                                model_type=model_type, bands=bands)
-        if resume and taken is not None and source("device").name == "DEFAULT":  # stay where the run was
-            import torch
 
-            if "training" not in taken:
-                raise CheckpointError(f"{shown(output)}: has no training state to resume from (use --init to "
-                                      f"fine-tune from it)")
-            recorded = generator_device(taken["training"])
-            device = recorded if recorded == "cpu" or torch.cuda.is_available() else "cpu"
-        summary = run_training(config, image_dirs, output, device=_device(device), resume=resume,
-                               checkpoint_every=checkpoint_every, log_path=log_path, initial=initial,
-                               initial_name=init_model)
-    except (TrainingDataError, TrainingSetupError, CheckpointError) as error:
-        raise click.ClickException(str(error)) from None
-    if summary["rank"] == 0:
-        if not summary["exact_resume"]:
-            click.echo(f"note: the run's random state belongs to another device type; from step "
-                       f"{taken['training']['step']} on {summary['device']} it draws other batches than an "
-                       f"uninterrupted run would", err=True)
-        click.echo(f"saved {output}: {summary['steps']} steps, final loss {summary['final_loss']:.6g} "
-                   f"(mean of the last {summary['loss_window']} steps), {summary['wall_seconds']:.0f} s "
-                   f"on {summary['device']}", err=True)
+
+def _report_training(summary: dict, output: Path, previous: dict | None) -> None:
+    if not summary["exact_resume"]:
+        click.echo(f"note: the run's random state belongs to another device type; from step "
+                   f"{previous['training']['step']} on {summary['device']} it draws other batches than an "
+                   f"uninterrupted run would", err=True)
+    click.echo(f"saved {shown(output)}: {summary['steps']} steps, final loss {summary['final_loss']:.6g} "
+               f"(mean of the last {summary['loss_window']} steps), {summary['wall_seconds']:.0f} s "
+               f"on {summary['device']}", err=True)
+
+
+def _training_shape(taken: dict | None, given: set, model_type: str, patch_size: int, bands: int,
+                    batch_size: int) -> tuple[str, dict]:
+    """The kind of model to train and its patch (crop) size, bands and batch: what the model taken up (``--init``
+    or ``--resume``) is, else the options given, else the kind's defaults."""
+    from .kinds import KINDS, kind_class, kind_of_format
+
+    if taken is not None:  # the model or the run taken up says what it is
+        kind = kind_of_format(taken["format"])
+        if "model_type" in given and kind != model_type:
+            raise click.UsageError(f"--model-type {model_type}: the model taken up is a {kind} model")
+        model_type, bands = kind, taken["metadata"].get("bands", bands)
+    kind = kind_class(model_type)
+    if "bands" in given and "bands" not in kind.shape_fields:
+        banded = ", ".join(name for name in KINDS if "bands" in kind_class(name).shape_fields)
+        raise click.UsageError(f"--bands goes with --model-type {banded}")
+    defaults = kind.training_defaults(bands)
+    if "patch_size" not in given:
+        patch_size = (taken["metadata"].get("crop_size", taken["metadata"].get("patch_size")) if taken is not None
+                      else defaults.get("patch_size", patch_size))
+    if "batch_size" not in given:
+        batch_size = defaults.get("batch_size", batch_size)
+    return model_type, {"patch_size": patch_size, "bands": bands, "batch_size": batch_size}
+
+
+def _run_device(previous: dict, output: Path) -> str:
+    """The device type a resumed run was on (the CPU where that was CUDA and none is here)."""
+    import torch
+
+    from .training import generator_device
+
+    if "training" not in previous:
+        return "cpu"  # run_training refuses it
+    recorded = generator_device(previous["training"])
+    return recorded if recorded == "cpu" or torch.cuda.is_available() else "cpu"
 
 
 class _Report:
@@ -410,23 +430,21 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--blind", is_flag=True,
               help="Estimate the noise first (one level, a noise-level function of the intensity, or a spatial "
                    "map; see --noise-model) and denoise with its per-pixel levels (EB-PA or HQS).")
-@click.option("--noise-model", type=click.Choice(NOISE_MODELS), default="auto", show_default=True,
-              help="With --blind: the noise model; auto chooses the one that explains the image best (by "
-                   "likelihood), the others force one.")
+@_noise_model_option("With --blind: the noise model")
 @click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
               help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, every value in (0, 255] like --sigma, "
                    "the image's size; for a colour image also one map per RGB channel, H x W x 3).")
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
               help="With --blind (one input): also save the estimated levels here (.tif or .npy: float32, "
                    "0-255 units; .png: a colour-mapped picture with a scale bar).")
-@click.option("--method", type=click.Choice(["ebpa", "hqs"]), default="ebpa", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
 @click.option("--iterations", type=click.IntRange(1, 100),
               help="HQS steps over the model's range of t (patch models: sigma^2/8 down to sigma^2/256; conv: "
                    "0.35 sigma^2 down to sigma^2/128) [default: the best on training images, 6; conv: 4].")
-@click.option("--boundary", type=click.Choice(["valid", "reflect"]), default="valid", show_default=True,
+@click.option("--boundary", type=click.Choice(BOUNDARIES), default=BOUNDARIES[0], show_default=True,
               help="valid: patches inside the image only (the paper); reflect: mirror the border first.")
-@click.option("--colour", type=click.Choice(["rgb", "opponent"]), default="rgb", show_default=True,
+@click.option("--colour", type=click.Choice(COLOUR_SPACES), default=COLOUR_SPACES[0], show_default=True,
               help="Colour images: denoise R, G, B separately, or decorrelated opponent channels "
                    "(measured 0.2-0.5 dB worse with the gray prior; see the README).")
 @_model_option
@@ -437,7 +455,7 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @_max_pixels
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @_quiet
-@click.option("--overwrite", is_flag=True, help="Replace existing output files (never an input).")
+@_overwrite_option
 def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, noise_map_path, method,
             iterations, boundary, colour, model_name, device, tile, max_pixels, as_json, quiet, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) corrupted by Gaussian noise.
@@ -445,16 +463,66 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
     Exit status: 0 all inputs done, 1 some failed (the others are still written), 2 usage error.
     """
-    import json
-
-    from .denoisers import denoise_array
+    import gmdm_cli
     from .image_io import check_output_format, encode_image, write_image
-    from .blind import blind_levels
 
+    targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, noise_map_path,
+                               method, iterations, noise_model, as_json)
+    level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None if blind else sigma / 255
+    read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
+    if noise_map_path is not None:
+        _check_target(noise_map_path, overwrite, read)
+    if output_dir is not None:
+        _output_folder(output_dir)
+    model = _load_model(model_name, _device(device))
+    to_stdout = str(output) == "-"
+    extension = f".{output_format}" if output_format else ".png"
+
+    def one(path: Path, target: Path, image, info) -> tuple[dict, str]:
+        started = time.perf_counter()
+        check_output_format(f"<stdout>{extension}" if to_stdout else target, _channels(image))
+        done = gmdm_cli.denoise(image, level, method, model, blind, boundary, colour, tile, iterations, noise_model,
+                                return_noise=True)
+        if noise_map_path is not None:
+            _write_levels(noise_map_path, 255 * done.sigma, overwrite)
+        if to_stdout:
+            _write_stdout(encode_image(done.image, extension, info.dtype))
+        else:
+            write_image(target, done.image, dtype=info.dtype, overwrite=overwrite)
+        seconds = time.perf_counter() - started
+        how, fields = _noise_used(sigma, None if sigma is not None else done.sigma, done.estimates)
+        return ({"output": str(target), "method": method, "model": model_name, "seconds": round(seconds, 3), **fields},
+                f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
+
+    checked = [[] if to_stdout else [target] for target in targets]
+    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
+
+
+def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, noise_map_path, method,
+                     iterations, noise_model, as_json) -> list[Path]:
+    """``denoise``'s usage rules (exit 2 before any work), and the output file of every input."""
+    _check_noise_options(inputs, sigma, blind, sigma_map, noise_map_path, method, iterations, noise_model)
     if (output is None) == (output_dir is None):
         raise click.UsageError("give exactly one of -o/--output and --output-dir")
     if output is not None and len(inputs) > 1:
         raise click.UsageError("-o/--output takes one input; use --output-dir for several")
+    if [str(path) for path in inputs].count("-") > (0 if output_dir is not None else 1):
+        raise click.UsageError("'-' (standard input) is one input, written with -o")
+    _check_stdout(output, as_json)
+    _check_format(output, "-o/--output")
+    _check_format(noise_map_path, "--noise-map", (".png", ".tif", ".tiff", ".npy"))
+    if output is not None:
+        targets = [output]
+    else:
+        targets = [output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}")
+                   for path in inputs]
+        _check_distinct(targets, "several inputs (with the same file name)")
+    if noise_map_path is not None:
+        _check_distinct([noise_map_path, *targets], "--noise-map and the result")
+    return targets
+
+
+def _check_noise_options(inputs, sigma, blind, sigma_map, noise_map_path, method, iterations, noise_model) -> None:
     if sum([sigma is not None, blind, sigma_map is not None]) != 1:
         raise click.UsageError("give exactly one of --sigma, --blind and --sigma-map")
     if method != "hqs" and iterations is not None:
@@ -463,62 +531,42 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         raise click.UsageError("--noise-map goes with --blind and a single input")
     if noise_model != "auto" and not blind:
         raise click.UsageError("--noise-model goes with --blind")
-    if [str(path) for path in inputs].count("-") > (0 if output_dir is not None else 1):
-        raise click.UsageError("'-' (standard input) is one input, written with -o")
-    to_stdout = output is not None and str(output) == "-"
-    if to_stdout and as_json:
+
+
+def _check_stdout(output: Path | None, as_json: bool) -> None:
+    if output is None or str(output) != "-":
+        return
+    if as_json:
         raise click.UsageError("--json and -o - both write to standard output")
-    if to_stdout and sys.stdout.isatty():
+    if sys.stdout.isatty():
         raise click.UsageError("-o -: standard output is a terminal; redirect it to a file or a pipe")
-    _check_format(output, "-o/--output")
-    _check_format(noise_map_path, "--noise-map", (".png", ".tif", ".tiff", ".npy"))
-    suffix = f".{output_format}" if output_format else None
-    if output is not None:
-        targets = [output]
-    else:
-        targets = [output_dir / (path.name if suffix is None else path.stem + suffix) for path in inputs]
-        names = [target.name for target in targets]
-        clashes = sorted({name for name in names if names.count(name) > 1})
-        if clashes:
-            raise click.UsageError(f"several inputs would be written to {shown(output_dir / clashes[0])} "
-                                   f"(inputs with the same file name)")
-    if noise_map_path is not None:
-        _check_distinct([noise_map_path, *targets], "--noise-map and the result")
-    level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None
-    read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
-    if noise_map_path is not None:
-        _check_target(noise_map_path, overwrite, read)
-    if output_dir is not None:
-        _output_folder(output_dir)
-    model = _load_model(model_name, _device(device))
+
+
+def _run_batch(inputs, work_targets, work, quiet: bool, as_json: bool, max_pixels: int, read, overwrite: bool,
+               results_on_stdout: bool) -> None:
+    """The batch commands' loop: for every input, refuse its targets if they are an input or exist (without
+    ``overwrite``), read it, ``work(path, target, image, info) -> (record, line)``; a failure is that input's one
+    error line (and JSON record) and the next goes on. ``--json``: the records on standard output; otherwise the
+    lines, on standard output when they are the results (``results_on_stdout``), else as messages on standard
+    error. Exit status 1 when some failed."""
+    import json
+
     report = _Report(quiet, len(inputs), as_json)
-    for path, target in zip(inputs, targets):
-        started = time.perf_counter()
+    for path, (target, checked) in zip(inputs, work_targets):
         try:
-            if not to_stdout:
-                _check_target(target, overwrite, read)
+            for file in checked:
+                _check_target(file, overwrite, read)
             image, info = _read_input(path, max_pixels)
-            check_output_format(f"<stdout>{suffix or '.png'}" if to_stdout else target, _channels(image))
-            used, estimates = level, []
-            if blind:
-                used, estimates = blind_levels(model, image, noise_model)
-                if noise_map_path is not None:
-                    _write_levels(noise_map_path, 255 * used, overwrite)
-            result = denoise_array(model, image, sigma / 255 if used is None else used, method, boundary, tile, colour,
-                                   iterations)
-            if to_stdout:
-                _write_stdout(encode_image(result, suffix or ".png", info.dtype))
-            else:
-                write_image(target, result, dtype=info.dtype, overwrite=overwrite)
+            record, line = work(path, target, image, info)
         except (GmdmError, ValueError, click.ClickException) as error:
             report.error(path, error)
             continue
-        seconds = time.perf_counter() - started
-        how, fields = _noise_used(sigma, used, estimates)
-        report.info(f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
         if as_json:
-            _out(json.dumps({"path": str(path), "status": "ok", "output": str(target), "method": method,
-                                   "model": model_name, "seconds": round(seconds, 3), **fields}))
+            _out(json.dumps({"path": str(path), "status": "ok", **record}))
+        elif results_on_stdout:
+            _out(line)
+        else:
+            report.info(line)
         report.advance()
     report.finish()
 
@@ -574,12 +622,12 @@ def _write_stdout(data: bytes) -> None:
               show_default=True, help="Image that ships with scikit-image (colour ones are used as gray).")
 @click.option("--sigma", default=25.0, show_default=True, type=_Finite(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
+@_seed_option("Seed of the noise.")
 @_model_option
 @_device_option
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write clean.png, noisy.png and denoised.png here (the folder is created if missing).")
-@click.option("--overwrite", is_flag=True, help="Replace those files if they exist.")
+@_overwrite_option
 def demo(image, sigma, seed, model_name, device, output_dir, overwrite):
     """Denoise a noisy scikit-image picture and print the PSNRs: no data of yours needed."""
     import numpy as np
@@ -620,9 +668,9 @@ def demo(image, sigma, seed, model_name, device, output_dir, overwrite):
 @click.option("--size", help="Sample whole images of HEIGHTxWIDTH by annealed Langevin dynamics instead.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
               help="Langevin updates per noise level (with --size).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@_seed_option("Seed of the random draws.")
 @_device_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@_overwrite_option
 def sample(output, model_name, sigma_text, count, size, steps, seed, device, overwrite):
     """Draw patches exactly from the model (Corollary 2.1), or whole images by annealed Langevin."""
     import numpy as np
@@ -699,8 +747,8 @@ def _sample_size(text: str, count: int) -> tuple[int, int]:
               help="Random patches drawn from --images.")
 @click.option("--max-filters", default=48, show_default=True, type=click.IntRange(1),
               help="Show the experts of the largest filter norms, at most this many.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@_seed_option("Seed of the random draws.")
+@_overwrite_option
 def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, seed, overwrite):
     """Plot MODEL's filters and potentials (Fig. 1); with --images, its fit to their statistics."""
     import importlib.util
@@ -744,12 +792,10 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="With one input: a figure of the noise level against the intensity (binned, and the fitted "
                    "noise-level function) here (.png, .pdf or .svg; needs 'gmdm-cli[plots]').")
-@click.option("--noise-model", type=click.Choice(NOISE_MODELS), default="auto", show_default=True,
-              help="The noise model of --map: auto chooses the one that explains the image best (one level, the "
-                   "noise-level function, or a spatial map); the others force one.")
+@_noise_model_option("The noise model of --map")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write the maps here instead of beside each input (the folder is created if missing).")
-@click.option("--estimator", type=click.Choice(["auto", "flat", "quiet", "mean-energy"]), default="auto",
+@click.option("--estimator", type=click.Choice(ESTIMATORS), default=ESTIMATORS[0],
               show_default=True,
               help="Global estimate: the argmin over t of the mean energy in the flattest regions (flat), of the "
                    "experts that content raises least (quiet), or of all patches (mean-energy, the paper's Fig. 4; "
@@ -758,7 +804,7 @@ def inspect(model_name, output, image_dir, sigma_text, patches, max_filters, see
 @_device_option
 @_max_pixels
 @_quiet
-@click.option("--overwrite", is_flag=True, help="Replace existing map and plot files.")
+@_overwrite_option
 def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, output_dir, estimator, as_json, device,
                    max_pixels, quiet, overwrite):
     """Estimate the noise of INPUTS (0-255 scale): its global level, and which noise model explains it (one level,
@@ -767,10 +813,41 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
     '-' reads an image from standard input (its maps need --output-dir). Exit status: 0 all inputs done,
     1 some failed (the others are still measured), 2 usage error.
     """
-    import json
+    import gmdm_cli
 
-    from .noise import calibration_for, estimate_noise_models
+    maps = _noise_map_targets(inputs, noise_map, output_dir, plot_path)
+    read = [*inputs, _model_file(model_name)]
+    if plot_path is not None:
+        _check_target(plot_path, overwrite, read)
+    if output_dir is not None:
+        _output_folder(output_dir)
+    model = _load_model(model_name, _device(device))
+    for note in _calibration_notes(model, model_name, estimator):
+        if not quiet:
+            click.echo(note, err=True)
 
+    def one(path: Path, targets, image, info) -> tuple[dict, str]:
+        sigma, levels, estimates = gmdm_cli.estimate_noise(image, True, model, estimator, noise_model,
+                                                           return_estimates=True)
+        record = {"sigma": round(255 * sigma, 3), "estimator": estimator, **_noise_models_record(estimates, nlf)}
+        for target in targets:
+            _write_levels(target, 255 * levels, overwrite)
+        if targets:
+            record.update(noise_map_tif=str(targets[0]), noise_map_png=str(targets[1]),
+                          map_mean=round(float(255 * levels.mean()), 3))
+        if plot_path is not None:
+            _write_nlf_plot(plot_path, estimates, overwrite)
+            record["plot"] = str(plot_path)
+        line = (f"{shown(path)}: sigma {record['sigma']:.2f}, noise model "
+                f"{'/'.join(estimate.model for estimate in estimates)}"
+                + (f" (maps: {shown(targets[0])}, {shown(targets[1])})" if targets else ""))
+        return record, "\n".join([line, *(_nlf_lines(estimates) if nlf else [])])
+
+    _run_batch(inputs, zip(maps, maps), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=True)
+
+
+def _noise_map_targets(inputs, noise_map: bool, output_dir: Path | None, plot_path: Path | None) -> list:
+    """``estimate-noise``'s usage rules (exit 2 before any work), and the map files of every input."""
     if noise_map and output_dir is None and any(str(path) == "-" for path in inputs):
         raise click.UsageError("--map of standard input ('-') needs --output-dir")
     if plot_path is not None and len(inputs) > 1:
@@ -779,49 +856,22 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
     maps = [_map_targets(path, output_dir) if noise_map else () for path in inputs]
     _check_distinct([target for pair in maps for target in pair] + ([plot_path] if plot_path else []),
                     "several maps (inputs with the same file name) or a map and the --plot")
-    read = [*inputs, _model_file(model_name)]
-    if plot_path is not None:
-        _check_target(plot_path, overwrite, read)
-    if output_dir is not None:
-        _output_folder(output_dir)
-    model = _load_model(model_name, _device(device))
-    report = _Report(quiet, len(inputs), as_json)
+    return maps
+
+
+def _calibration_notes(model, name: str, estimator: str) -> list[str]:
+    """What ``estimate-noise`` says of a model whose noise estimates lack a calibration."""
+    from .noise import calibration_for
+
+    notes = []
     if estimator == "auto" and calibration_for(model, "quiet") is None:
-        report.info(f"note: model {model_name} has no 'quiet' calibration; 'auto' is the flat estimate alone "
-                    "(see gmdm calibrate)")
+        notes.append(f"note: model {name} has no 'quiet' calibration; 'auto' is the flat estimate alone "
+                     "(see gmdm calibrate)")
     measured = "flat" if estimator == "auto" else estimator
     if calibration_for(model, measured) is None:
-        report.info(f"note: model {model_name} has no calibration for the '{measured}' estimator; "
-                    "estimates are raw (see gmdm calibrate)")
-    for path, targets in zip(inputs, maps):
-        try:
-            for target in targets:
-                _check_target(target, overwrite, read)
-            image, _ = _read_input(path, max_pixels)
-            sigma, levels, estimates = estimate_noise_models(model, image, estimator, noise_model)
-            record = {"path": str(path), "sigma": round(255 * sigma, 3), "estimator": estimator,
-                      **_noise_models_record(estimates, nlf)}
-            if noise_map:
-                _write_levels(targets[0], 255 * levels, overwrite)
-                _write_levels(targets[1], 255 * levels, overwrite)
-                record.update(noise_map_tif=str(targets[0]), noise_map_png=str(targets[1]),
-                              map_mean=round(float(255 * levels.mean()), 3))
-            if plot_path is not None:
-                _write_nlf_plot(plot_path, estimates, overwrite)
-                record["plot"] = str(plot_path)
-        except (GmdmError, ValueError, click.ClickException) as error:
-            report.error(path, error)
-            continue
-        if as_json:
-            _out(json.dumps({**record, "status": "ok"}))
-        else:
-            _out(f"{shown(path)}: sigma {record['sigma']:.2f}, noise model "
-                       f"{'/'.join(estimate.model for estimate in estimates)}"
-                       + (f" (maps: {shown(targets[0])}, {shown(targets[1])})" if noise_map else ""))
-            for line in _nlf_lines(estimates) if nlf else []:
-                _out(line)
-        report.advance()
-    report.finish()
+        notes.append(f"note: model {name} has no calibration for the '{measured}' estimator; estimates are raw "
+                     "(see gmdm calibrate)")
+    return notes
 
 
 def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
@@ -840,12 +890,12 @@ def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
               help="Use this many images, evenly spread over the sorted list.")
 @click.option("--levels", help="Noise levels (0-255, comma-separated, at least two) at which to measure the "
                                 "estimators [default: 14 levels from 0 to 100].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic noise.")
+@_seed_option("Seed of the synthetic noise.")
 @click.option("--estimator", "estimators", multiple=True,
-              type=click.Choice(["flat", "quiet", "mean-energy"]),
+              type=click.Choice(RAW_ESTIMATORS),
               help="Calibrate only these (repeatable) and keep the model's other curves [default: all three]. "
                    "quiet also chooses its experts (needs a level of at least 15).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (never MODEL itself).")
+@_overwrite_option
 def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
     """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
     from .checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .choices import COLOUR_SPACES
+
 OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]])
-COLOUR_SPACES = ("opponent", "rgb")
 
 
 def noise_gains(space: str) -> np.ndarray:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
-from .model import (PatchGMDM, image_patch_scores, image_responses, patch_counts, patch_sum,
+from .model import (PatchGMDM, image_shape, image_patch_scores, image_responses, patch_counts, patch_sum,
                     time_from_sigma)
 from .tables import ExpertTable, expert_table
 from .tiling import automatic_tile, map_strip_blocks, tiled
@@ -30,7 +31,6 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected an (H, W) or (N, 1, H, W) image tensor, got shape {tuple(image.shape)}")
 
 
-BOUNDARIES = ("valid", "reflect")
 
 
 def _prepare(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str):
@@ -40,10 +40,7 @@ def _prepare(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str):
         raise ValueError(f"unknown boundary '{boundary}' (choose from {', '.join(BOUNDARIES)})")
     batch = _as_batch(noisy)
     b = model.patch_size
-    height, width = batch.shape[-2:]
-    if min(height, width) < b:
-        raise ValueError(f"image of {width}x{height} pixels is smaller than the "
-                         f"{b}x{b} patches of the model")
+    height, width = image_shape(batch.shape, b, f"the {b}x{b} patches of the model")
     sigma = torch.as_tensor(sigma, dtype=batch.dtype, device=batch.device)
     if boundary == "valid":
         return batch, sigma, (slice(None), slice(None))
@@ -239,7 +236,6 @@ def hqs_updates(noisy: torch.Tensor, relative: list[float], data_weight: float, 
     return x
 
 
-METHODS = ("ebpa", "hqs")
 
 
 def psnr(estimate, clean) -> float:

@@ -75,34 +75,15 @@ def read_image(path: str | os.PathLike, data: bytes | None = None,
     ``max_pixels`` pixels are refused before their pixels are decoded (None: no limit); so are files that hold
     several images (TIFF pages, animation frames), and float values beyond :data:`MAX_MAGNITUDE`.
     """
-    if data is None:
-        path = Path(path)
-        if path.is_dir():
-            raise _error(path, "is a directory")
-        if not path.is_file():
-            raise _error(path, "not a regular file" if path.exists() else "no such file")
-        try:
-            with open(path, "rb") as file:
-                head = file.read(32)
-        except OSError as error:
-            raise _error(path, f"cannot open ({error.strerror})") from None
-    else:
-        head = data[:32]
+    path = Path(path) if data is None else path
+    head = _head(path) if data is None else data[:32]
     if not head:
         raise _error(path, "empty file")
     kind = sniff_format(head)
     if kind is None:
         raise _error(path, "not an image (the data do not start like a PNG, TIFF, JPEG, BMP or .npy file)")
-    source = io.BytesIO(data) if data is not None else path
     try:
-        if kind == ".npy":
-            raw = _read_npy(source, path, max_pixels)
-        elif kind == ".tif":
-            raw = _read_tiff(source, path, max_pixels)
-        elif kind == ".png" and _is_deep_colour_png(head):
-            raw = _read_deep_colour_png(data if data is not None else path.read_bytes(), path, max_pixels)
-        else:
-            raw = _read_pillow(source, path, max_pixels)
+        raw = _decode(kind, io.BytesIO(data) if data is not None else path, path, head, max_pixels)
     except ImageError:
         raise
     except MemoryError:
@@ -112,6 +93,31 @@ def read_image(path: str | os.PathLike, data: bytes | None = None,
             "it is corrupt or truncated"
         raise _error(path, f"cannot decode the {_NAMES[kind]} data ({why})") from None
     return _as_float(np.asarray(raw), path)
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of the file at ``path``: where a format's signature is."""
+    if path.is_dir():
+        raise _error(path, "is a directory")
+    if not path.is_file():
+        raise _error(path, "not a regular file" if path.exists() else "no such file")
+    try:
+        with open(path, "rb") as file:
+            return file.read(32)
+    except OSError as error:
+        raise _error(path, f"cannot open ({error.strerror})") from None
+
+
+def _decode(kind: str, source, path, head: bytes, max_pixels: int | None) -> np.ndarray:
+    """The pixels of an image of format ``kind`` (from :func:`sniff_format`) at ``source`` (a path or bytes)."""
+    if kind == ".npy":
+        return _read_npy(source, path, max_pixels)
+    if kind == ".tif":
+        return _read_tiff(source, path, max_pixels)
+    if kind == ".png" and _is_deep_colour_png(head):
+        data = source.getvalue() if isinstance(source, io.BytesIO) else source.read_bytes()
+        return _read_deep_colour_png(data, path, max_pixels)
+    return _read_pillow(source, path, max_pixels)
 
 
 def _check_layout(path, shape: tuple, max_pixels: int | None) -> None:

@@ -4,7 +4,8 @@ Every kind of model implements :class:`GMDM`; the algorithms (EB-PA and HQS thro
 noise estimation through :meth:`GMDM.site_grid` and :meth:`GMDM.site_inputs`, sampling through
 :meth:`GMDM.tweedie_correction`, checkpoints through :meth:`GMDM.checkpoint_fields`,
 :meth:`GMDM.expected_shapes` and :meth:`GMDM.from_checkpoint`, training through :meth:`GMDM.for_training`,
-:meth:`GMDM.adopt`, :meth:`GMDM.run_metadata` and :attr:`GMDM.projected`) take any of them and never ask which
+:meth:`GMDM.training_defaults`, :meth:`GMDM.check_training`, :meth:`GMDM.adopt`, :meth:`GMDM.run_metadata` and
+:attr:`GMDM.projected`) take any of them and never ask which
 kind they have. A new kind is one new module with its class, and one line in :data:`KINDS`.
 """
 
@@ -64,6 +65,14 @@ class GMDM(Protocol):
     @classmethod
     def for_training(cls, config):
         """The initial model of a training run (:class:`gmdm_cli.training.TrainingConfig`)."""
+
+    @staticmethod
+    def training_defaults(bands: int) -> dict:
+        """The ``gmdm train`` options whose defaults differ for this kind (e.g. ``{"batch_size": 16}``)."""
+
+    @staticmethod
+    def check_training(config) -> None:
+        """A ``ValueError`` for a training config this kind cannot train with."""
 
     @staticmethod
     def adopt(config, metadata: dict) -> None:

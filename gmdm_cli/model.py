@@ -61,6 +61,11 @@ class MixtureExperts(torch.nn.Module):
         """Shared component standard deviation ``sigma_0 = 2 gamma / (L - 1)`` (Sec. 4.1)."""
         return 2 * self.gamma / (self.num_components - 1)
 
+    def smallest_side(self) -> int:
+        """The smallest image side a model works on: the footprint of one of its sites (protocol
+        :class:`gmdm_cli.kinds.GMDM`)."""
+        return self.site_grid((1 << 30, 1 << 30))[2]
+
     def expert_variances(self, t, ndim: int = 2) -> torch.Tensor:
         """``sigma_j^2(t) = sigma_0^2 + 2 t ||k_j||^2`` (Theorem 2).
 
@@ -131,15 +136,10 @@ class PatchGMDM(MixtureExperts):
     exact_patches = True
     shape_fields = ("patch_size",)
 
-    def smallest_side(self) -> int:
-        return self.patch_size
-
     def site_grid(self, shape) -> tuple[int, int, int, int]:
         """Every ``b x b`` patch, stride 1."""
-        height, width = shape
         b = self.patch_size
-        if min(height, width) < b:
-            raise ValueError(f"image of {width}x{height} pixels is smaller than the {b}x{b} patches of the model")
+        height, width = image_shape(shape, b, f"the {b}x{b} patches of the model")
         return height - b + 1, width - b + 1, b, 1
 
     def site_inputs(self, images: torch.Tensor, function) -> list:
@@ -181,6 +181,17 @@ class PatchGMDM(MixtureExperts):
         return cls.initial(config.patch_size, generator=torch.Generator().manual_seed(config.seed))
 
     @staticmethod
+    def training_defaults(bands: int) -> dict:
+        """The training options whose defaults differ for this kind: none."""
+        return {}
+
+    @staticmethod
+    def check_training(config) -> None:
+        """A ``ValueError`` for a training ``config`` this kind cannot train with."""
+        if not 2 <= config.patch_size <= 31:
+            raise ValueError(f"--patch-size {config.patch_size}: patches are 2 to 31 pixels wide")
+
+    @staticmethod
     def adopt(config, metadata: dict) -> None:
         """Fit a training ``config`` to a model of ``metadata`` that a run starts from (fine-tuning)."""
         if metadata["patch_size"] != config.patch_size:
@@ -190,6 +201,15 @@ class PatchGMDM(MixtureExperts):
     def run_metadata(config) -> dict:
         """What a training run's checkpoint records of ``config`` besides the model's shape: nothing more."""
         return {}
+
+
+def image_shape(shape, side: int, what: str) -> tuple[int, int]:
+    """``(H, W)`` of an image ``shape`` whose sides are at least ``side``; else a ``ValueError`` naming ``what``
+    needs that side."""
+    height, width = shape[-2:]
+    if min(height, width) < side:
+        raise ValueError(f"image of {width}x{height} pixels is smaller than {what}")
+    return height, width
 
 
 def _log_mixture(z: torch.Tensor, variances: torch.Tensor, log_weights: torch.Tensor,

@@ -34,6 +34,7 @@ import math
 import numpy as np
 import torch
 
+from .choices import ESTIMATORS, RAW_ESTIMATORS
 from .kinds import GMDM
 from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
@@ -132,8 +133,6 @@ def expert_sigmas(model: GMDM, histograms, levels: torch.Tensor | None = None) -
     return argmin_refined(energies, levels)
 
 
-ESTIMATORS = ("auto", "flat", "quiet", "mean-energy")
-RAW_ESTIMATORS = ESTIMATORS[1:]  # "auto" combines two of them
 QUIET_EXPERTS = 8  # experts kept by the "quiet" estimator
 AUTO_RAMP = (20 / 255, 40 / 255)  # "auto": flat below, quiet above, linear between (on the flat estimate)
 

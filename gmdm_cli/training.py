@@ -28,6 +28,7 @@ import torch
 
 from .errors import GmdmError
 from .image_io import IMAGE_EXTENSIONS, ImageError, read_image, shown, to_gray
+from .choices import LOSSES, OPTIMIZERS, TRAINING
 from .kinds import GMDM, kind_class, kind_of_format
 from .model import time_from_sigma
 from .projection import orthogonal_projection
@@ -114,8 +115,6 @@ class PatchSampler:
         return patches.gather(1, self.transforms[transform])
 
 
-LOSSES = ("norm", "squared", "noise")
-OPTIMIZERS = ("adam", "ipalm")
 
 
 def dsm_loss(model: GMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
@@ -141,18 +140,20 @@ def dsm_loss(model: GMDM, clean: torch.Tensor, sigma: torch.Tensor, noise: torch
 
 @dataclass
 class TrainingConfig:
-    patch_size: int = 7
-    steps: int = 20000
-    batch_size: int = 3200
-    learning_rate: float = 1e-2
-    final_learning_rate: float = 1e-4
-    sigma_max: float = 0.4
+    """A training run's settings; the defaults are :data:`gmdm_cli.choices.TRAINING` (those of ``gmdm train``)."""
+
+    patch_size: int = TRAINING["patch_size"]
+    steps: int = TRAINING["steps"]
+    batch_size: int = TRAINING["batch_size"]
+    learning_rate: float = TRAINING["learning_rate"]
+    final_learning_rate: float = TRAINING["learning_rate"] / 100
+    sigma_max: float = TRAINING["sigma_max"]
     projection_steps: int = 3
-    seed: int = 0
-    loss: str = "norm"
-    optimizer: str = "adam"  # "ipalm": the paper's optimiser (IPALM below)
-    model_type: str = "patch"  # "conv": the band model of gmdm_cli.band_model, trained on patch_size crops
-    bands: int = 8
+    seed: int = TRAINING["seed"]
+    loss: str = TRAINING["loss"]
+    optimizer: str = TRAINING["optimizer"]  # "ipalm": the paper's optimiser (IPALM below)
+    model_type: str = TRAINING["model_type"]  # "conv": the band model of gmdm_cli.band_model, on patch_size crops
+    bands: int = TRAINING["bands"]
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -254,11 +255,12 @@ class Trainer:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
+        try:
+            kind_class(config.model_type).check_training(config)
+        except ValueError as error:
+            raise TrainingSetupError(str(error)) from None
         if model is None:
-            try:
-                model = kind_class(config.model_type).for_training(config)
-            except ValueError as error:
-                raise TrainingSetupError(str(error)) from None
+            model = kind_class(config.model_type).for_training(config)
             self._project(model)
         self.model = model.to(self.device)
         self.network = self.model
@@ -378,21 +380,16 @@ def _open_log(path: Path):
 
 def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu", resume: bool = False,
                  checkpoint_every: int = 1000, log_path: Path | None = None, progress: bool = True,
-                 initial: dict | None = None, initial_name: str | None = None) -> dict:
+                 initial: dict | None = None, initial_name: str | None = None, previous: dict | None = None) -> dict:
     """Train (or, with ``resume``, continue) a model and save it to ``output``; returns a summary.
 
     ``initial`` (a checkpoint dictionary, see :func:`~gmdm_cli.checkpoint.read_checkpoint`, named
     ``initial_name``) starts from its filters and weights instead of a random model, with a fresh
-    optimiser and schedule (fine-tuning). The checkpoint holds the model, the metadata and the
-    training state, and is rewritten every ``checkpoint_every`` steps, so an interrupted run loses at
-    most that many steps.
+    optimiser and schedule (fine-tuning). ``previous``: the checkpoint at ``output`` when the caller has read it
+    already (``resume``). The checkpoint holds the model, the metadata and the training state, and is rewritten
+    every ``checkpoint_every`` steps, so an interrupted run loses at most that many steps.
     """
-    import time
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_checkpoint
+    from .checkpoint import model_from_checkpoint, save_checkpoint
 
     output = Path(output)
     if log_path is not None:
@@ -400,93 +397,124 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
             raise TrainingSetupError(f"{shown(log_path)}: --log and the checkpoint are the same file")
         check_log(Path(log_path), resume)
     rank, world_size, device = distributed_setup(torch.device(device))
-    progress, log_path = progress and rank == 0, log_path if rank == 0 else None
-    previous = None
-    if resume:
-        if not output.is_file():
-            raise CheckpointError(f"{output}: nothing to resume (no such checkpoint)")
-        previous = read_checkpoint(output)
-        if "training" not in previous:
-            raise CheckpointError(f"{output}: checkpoint has no training state to resume from")
-        saved = previous["training"]["config"]
-        if saved.get("model_type", "patch") != config.model_type:
-            raise CheckpointError(f"{output}: is a {saved.get('model_type', 'patch')} model, not {config.model_type}")
-        if saved["patch_size"] != config.patch_size:
-            raise CheckpointError(f"{output}: was trained with --patch-size {saved['patch_size']}, "
-                                  f"not {config.patch_size}")
-        config = TrainingConfig(**{"loss": "squared", **saved, "steps": config.steps})  # older runs: squared
-    elif output.exists() and rank == 0:
-        raise CheckpointError(f"{output}: exists (use --resume to continue it, or choose another name)")
-    if not output.parent.is_dir():
-        raise CheckpointError(f"{output}: folder {output.parent} does not exist")
-
-    origin = None
-    if previous is not None:
-        origin = previous["metadata"].get("initialised_from")
-    elif initial is not None:
-        kind = kind_of_format(initial["format"])
-        if kind != config.model_type:
-            raise CheckpointError(f"{initial_name}: is a {kind} model, not {config.model_type}")
-        try:
-            kind_class(kind).adopt(config, initial["metadata"])
-        except ValueError as error:
-            raise CheckpointError(f"{initial_name}: {error}") from None
-        origin = f"{initial_name} ({initial['metadata'].get('steps', '?')} steps)"
+    config, previous, origin = _resolve_run(config, output, resume, previous, initial, initial_name, rank)
     paths = find_images(image_dirs)
     sampler = PatchSampler(load_training_images(paths, config.patch_size), config.patch_size, device)
     start = previous if previous is not None else initial
-    model = model_from_checkpoint(start) if start is not None else None
-    trainer = Trainer(config, sampler, device, model, rank, world_size)
+    trainer = Trainer(config, sampler, device, model_from_checkpoint(start) if start else None, rank, world_size)
     elapsed, exact_resume = 0.0, True
     if previous is not None:
         exact_resume = trainer.restore(previous["training"])
         elapsed = float(previous["metadata"].get("wall_seconds", 0.0))
-    metadata = {
-        "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({len(paths)} images)",
-        "optimizer": (f"iPALM (inertia {trainer.optimizer.inertia:.3g}, backtracking), Algorithm 1 ({config.projection_steps} steps) as the "
-                      f"filters' proximal map" if config.optimizer == "ipalm" else
-                      f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
-                      f"Algorithm 1 ({config.projection_steps} steps) after every update"),
-        "loss": f"Eq. 4, {config.loss}",
-        "batch_size": config.batch_size,
-        "sigma_max": config.sigma_max,
-        "seed": config.seed,
-        "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
-    }
-    metadata.update(kind_class(config.model_type).run_metadata(config))
-    if origin is not None:
-        metadata["initialised_from"] = origin
-    recent: list[float] = []
-    window = 200
+    metadata = _run_metadata(config, trainer, image_dirs, len(paths), device, world_size, origin)
 
-    def save():
+    def save(recent: list[float], elapsed: float) -> float:
         final_loss = sum(recent) / len(recent) if recent else float("nan")
         if rank == 0:
             save_checkpoint(output, trainer.model, {**metadata, "steps": trainer.step, "final_loss": final_loss,
                                                      "wall_seconds": elapsed}, trainer.state())
         return final_loss
 
+    recent, elapsed = _train_loop(trainer, save, elapsed, checkpoint_every, progress and rank == 0,
+                                  log_path if rank == 0 else None)
+    final_loss = save(recent, elapsed)
+    return {"steps": trainer.step, "final_loss": final_loss, "loss_window": len(recent),
+            "wall_seconds": elapsed, "device": metadata["device"], "rank": rank, "exact_resume": exact_resume}
+
+
+def _resolve_run(config: TrainingConfig, output: Path, resume: bool, previous: dict | None, initial: dict | None,
+                 initial_name: str | None, rank: int) -> tuple[TrainingConfig, dict | None, str | None]:
+    """The run's configuration (a resumed run's own, to ``config.steps``), the checkpoint it continues, and the
+    model it was initialised from; refuses what does not fit."""
+    from .checkpoint import CheckpointError, read_checkpoint
+
+    if resume:
+        if previous is None and not output.is_file():
+            raise CheckpointError(f"{shown(output)}: nothing to resume (no such checkpoint)")
+        previous = previous if previous is not None else read_checkpoint(output)
+        if "training" not in previous:
+            raise CheckpointError(f"{shown(output)}: has no training state to resume from (use --init to fine-tune "
+                                  f"from it)")
+        saved = previous["training"]["config"]
+        if saved.get("model_type", "patch") != config.model_type:
+            raise CheckpointError(f"{shown(output)}: is a {saved.get('model_type', 'patch')} model, not "
+                                  f"{config.model_type}")
+        if saved["patch_size"] != config.patch_size:
+            raise CheckpointError(f"{shown(output)}: was trained with --patch-size {saved['patch_size']}, "
+                                  f"not {config.patch_size}")
+        config = TrainingConfig(**{"loss": "squared", **saved, "steps": config.steps})  # older runs: squared
+        return config, previous, previous["metadata"].get("initialised_from")
+    if output.exists() and rank == 0:
+        raise CheckpointError(f"{shown(output)}: exists (use --resume to continue it, or choose another name)")
+    if not output.parent.is_dir():
+        raise CheckpointError(f"{shown(output)}: folder {shown(output.parent)} does not exist")
+    if initial is None:
+        return config, None, None
+    kind = kind_of_format(initial["format"])
+    if kind != config.model_type:
+        raise CheckpointError(f"{initial_name}: is a {kind} model, not {config.model_type}")
+    try:
+        kind_class(kind).adopt(config, initial["metadata"])
+    except ValueError as error:
+        raise CheckpointError(f"{initial_name}: {error}") from None
+    return config, None, f"{initial_name} ({initial['metadata'].get('steps', '?')} steps)"
+
+
+def _run_metadata(config: TrainingConfig, trainer: Trainer, image_dirs, images: int, device, world_size: int,
+                  origin: str | None) -> dict:
+    """What the checkpoint records of the run: data, optimiser, loss, batch, noise range, seed, device."""
+    metadata = {
+        "training_data": ", ".join(str(Path(d)) for d in image_dirs) + f" ({images} images)",
+        "optimizer": (f"iPALM (inertia {trainer.optimizer.inertia:.3g}, backtracking), Algorithm 1 "
+                      f"({config.projection_steps} steps) as the filters' proximal map" if config.optimizer == "ipalm"
+                      else f"Adam, cosine learning rate {config.learning_rate:g} -> {config.final_learning_rate:g}, "
+                           f"Algorithm 1 ({config.projection_steps} steps) after every update"),
+        "loss": f"Eq. 4, {config.loss}",
+        "batch_size": config.batch_size,
+        "sigma_max": config.sigma_max,
+        "seed": config.seed,
+        "device": str(torch.device(device)) + (f" x {world_size} processes" if world_size > 1 else ""),
+        **kind_class(config.model_type).run_metadata(config),
+    }
+    if origin is not None:
+        metadata["initialised_from"] = origin
+    return metadata
+
+
+LOSS_WINDOW = 200
+"""The progress bar, the log and the checkpoint's ``final_loss`` give the mean loss of this many last steps."""
+
+
+def _train_loop(trainer: Trainer, save, elapsed: float, checkpoint_every: int, progress: bool,
+                log_path: Path | None) -> tuple[list[float], float]:
+    """Steps up to ``trainer.config.steps``: a progress bar on standard error (a terminal only), a log line every
+    ``LOG_EVERY`` steps and at the end, ``save(recent, elapsed)`` every ``checkpoint_every`` steps. Returns the
+    last :data:`LOSS_WINDOW` losses and the run's seconds."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    steps, recent = trainer.config.steps, []
     log = _open_log(log_path) if log_path is not None else None
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeRemainingColumn()]
     console = Console(stderr=True)
     try:
         with Progress(*columns, console=console, disable=not (progress and console.is_terminal)) as bar:
-            task = bar.add_task("train", total=config.steps, completed=trainer.step, loss="-")
+            task = bar.add_task("train", total=steps, completed=trainer.step, loss="-")
             started = time.perf_counter() - elapsed
-            while trainer.step < config.steps:
+            while trainer.step < steps:
                 recent.append(trainer.train_step())
-                del recent[:-window]
+                del recent[:-LOSS_WINDOW]
                 elapsed = time.perf_counter() - started
                 mean = sum(recent) / len(recent)
                 bar.update(task, completed=trainer.step, loss=f"{mean:.3e}")
-                if log is not None and (trainer.step % LOG_EVERY == 0 or trainer.step == config.steps):
+                if log is not None and (trainer.step % LOG_EVERY == 0 or trainer.step == steps):
                     print(trainer.step, f"{mean:.6e}", f"{elapsed:.1f}", file=log, flush=True)
                 if trainer.step % checkpoint_every == 0:
-                    save()
+                    save(recent, elapsed)
     finally:
         if log is not None:
             log.close()
-    final_loss = save()
-    return {"steps": trainer.step, "final_loss": final_loss, "loss_window": len(recent),
-            "wall_seconds": elapsed, "device": metadata["device"], "rank": rank, "exact_resume": exact_resume}
+    return recent, elapsed
