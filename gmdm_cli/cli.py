@@ -484,7 +484,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         done = gmdm_cli.denoise(image, level, method, model, blind, boundary, colour, tile, iterations, noise_model,
                                 return_noise=True)
         if noise_map_path is not None:
-            _write_levels(noise_map_path, 255 * done.sigma, overwrite)
+            _write_levels_noted(noise_map_path, 255 * done.sigma, overwrite)
         if to_stdout:
             _write_stdout(encode_image(done.image, extension, info.dtype))
         else:
@@ -594,16 +594,16 @@ def _model_file(name: str) -> Path | None:
 
 def _read_sigma_map(path: Path, max_pixels: int):
     """A --sigma-map as levels on the [0, 1] scale: a float array, every value in (0, 255] (as --sigma)."""
+    from .denoisers import noise_level_problem
     from .image_io import read_image
 
     values, info = read_image(path, max_pixels=max_pixels or None)
     if not info.dtype.kind == "f" or not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
         raise click.ClickException(f"{shown(path)}: a noise map must be a float array of H x W or H x W x 3 "
                                    "(.npy or float TIFF)")
-    low, high = float(values.min()), float(values.max())
-    if low <= 0 or high > 255:
-        raise click.ClickException(f"{shown(path)}: noise map values must lie in (0, 255] like --sigma (found "
-                                   f"{low:g} to {high:g})")
+    problem = noise_level_problem(values, 255)
+    if problem:
+        raise click.ClickException(f"{shown(path)}: noise map {problem}, like --sigma")
     return values / 255
 
 
@@ -630,30 +630,22 @@ def _write_stdout(data: bytes) -> None:
 @_overwrite_option
 def demo(image, sigma, seed, model_name, device, output_dir, overwrite):
     """Denoise a noisy scikit-image picture and print the PSNRs: no data of yours needed."""
-    import numpy as np
-    from skimage import data
-
-    from .denoisers import denoise_array, psnr
-    from .image_io import to_gray, write_image
+    from .diagnostics import demo_run
+    from .image_io import write_image
 
     targets = [output_dir / f"{name}.png" for name in ("clean", "noisy", "denoised")] if output_dir else []
     if output_dir is not None:
         _output_folder(output_dir)
         for target in targets:
             _check_target(target, overwrite)
-    picture = getattr(data, image)()
-    clean = to_gray(picture / 255.0)
-    noisy = clean + sigma / 255 * np.random.default_rng(seed).standard_normal(clean.shape)
-    model = _load_model(model_name, _device(device))
-    started = time.perf_counter()
-    denoised = denoise_array(model, noisy, sigma / 255)
-    seconds = time.perf_counter() - started
-    _out(f"{image} ({clean.shape[1]}x{clean.shape[0]}), sigma {sigma:g}: noisy {psnr(noisy, clean):.2f} dB, "
-               f"EB-PA {model_name} {psnr(denoised, clean):.2f} dB ({seconds:.2f} s)")
+    run = demo_run(image, sigma / 255, seed, _load_model(model_name, _device(device)))
+    height, width = run["clean"].shape
+    _out(f"{image} ({width}x{height}), sigma {sigma:g}: noisy {run['noisy_psnr']:.2f} dB, "
+         f"EB-PA {model_name} {run['denoised_psnr']:.2f} dB ({run['seconds']:.2f} s)")
+    for target, name in zip(targets, ("clean", "noisy", "denoised")):
+        write_image(target, run[name], overwrite=overwrite)
     if output_dir is not None:
-        for target, array in zip(targets, (clean, noisy, denoised)):
-            write_image(target, array, overwrite=overwrite)
-        click.echo(f"wrote clean.png, noisy.png, denoised.png to {output_dir}", err=True)
+        click.echo(f"wrote clean.png, noisy.png, denoised.png to {shown(output_dir)}", err=True)
 
 
 @cli.command(short_help="Draw patches from a model, or whole images by annealed Langevin.")
@@ -673,12 +665,10 @@ def demo(image, sigma, seed, model_name, device, output_dir, overwrite):
 @_overwrite_option
 def sample(output, model_name, sigma_text, count, size, steps, seed, device, overwrite):
     """Draw patches exactly from the model (Corollary 2.1), or whole images by annealed Langevin."""
-    import numpy as np
     import torch
 
-    from .diagnostics import patch_grid
     from .image_io import write_image
-    from .sampling import langevin_schedule, sample_image, sample_patches
+    from .sampling import image_strip, langevin_schedule, patch_draws, sample_image
 
     sigmas = _sigmas(sigma_text, "--sigma")
     _check_format(output, "-o/--output", (".png", ".npy"))
@@ -686,35 +676,21 @@ def sample(output, model_name, sigma_text, count, size, steps, seed, device, ove
     _check_target(output, overwrite, [_model_file(model_name)])
     model = _load_model(model_name, _device(device), exact_patches=size is None)
     generator = torch.Generator(device=model.logits.device).manual_seed(seed)
-    count = count or (64 if size is None else 1)
     if size is None:
-        draws = np.stack([sample_patches(model, count, s / 255, generator).double().cpu().numpy() for s in sigmas])
-        array = draws[0] if len(sigmas) == 1 else draws  # (N, b, b) or (levels, N, b, b)
-        columns = int(np.ceil(np.sqrt(count)))
-        image = np.concatenate([np.pad(patch_grid(block, columns), ((0, 2), (0, 0)), constant_values=1)
-                                for block in draws])[:-2]
+        array, picture = patch_draws(model, count or 64, [s / 255 for s in sigmas], generator)
     else:
-        height, width = shape
-        if min(height, width) < model.smallest_side():
+        if min(shape) < model.smallest_side():
             raise click.BadParameter(f"{size}: each side at least {model.smallest_side()}", param_hint="--size")
         schedule = langevin_schedule(0.4, max(sigmas[-1], 2.55) / 255)
         with _progress("sampling", len(schedule)) as advance:
-            array = sample_image(model, height, width, count, generator, schedule, steps, progress=advance)
-        array = array[:, 0].double().cpu().numpy()
-        image = np.concatenate([np.pad(a, ((0, 0), (0, 2)), constant_values=1) for a in array], axis=1)[:, :-2]
-        image = np.clip(image, 0, 1)
-    zoom = max(1, 512 // max(image.shape))  # small grids are enlarged (nearest neighbour) for viewing
-    image = np.kron(image, np.ones((zoom, zoom)))
-    write_image(output, array if output.suffix.lower() == ".npy" else image, overwrite=overwrite)
+            draws = sample_image(model, *shape, count or 1, generator, schedule, steps, progress=advance)
+        array = draws[:, 0].double().cpu().numpy()
+        picture = image_strip(array)
+    write_image(output, array if output.suffix.lower() == ".npy" else picture, overwrite=overwrite)
     click.echo(f"wrote {shown(output)}", err=True)
 
 
 SAMPLE_PIXELS = 4096 * 4096
-SAMPLE_BYTES_PER_PIXEL = 220
-SAMPLE_BYTES_FIXED = 2**29
-"""Memory of annealed Langevin: measured as the peak resident memory (7x7 model, CPU) of one and of eight 512x512
-images, about 500 MiB and 880 MiB: a fixed part (the tiles of filter responses) and 220 bytes per pixel of every
-image (the images, their noise, scores and averaging weights, float32)."""
 
 
 def _sample_size(text: str, count: int) -> tuple[int, int]:
@@ -726,7 +702,9 @@ def _sample_size(text: str, count: int) -> tuple[int, int]:
         raise click.BadParameter(f"'{text}' is not HEIGHTxWIDTH", param_hint="--size") from None
     if min(height, width) < 2 or height * width > SAMPLE_PIXELS:
         raise click.BadParameter(f"{text}: each side at least 2, at most 16 Mpixel", param_hint="--size")
-    needed = SAMPLE_BYTES_PER_PIXEL * count * height * width + SAMPLE_BYTES_FIXED
+    from .sampling import sample_memory
+
+    needed = sample_memory(count, height, width)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     if available and needed > available:
         raise click.BadParameter(f"{count} image(s) of {height}x{width} would need about {needed / 2**30:.1f} GiB "
@@ -814,6 +792,7 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
     1 some failed (the others are still measured), 2 usage error.
     """
     import gmdm_cli
+    from .figures import write_nlf_plot
 
     maps = _noise_map_targets(inputs, noise_map, output_dir, plot_path)
     read = [*inputs, _model_file(model_name)]
@@ -831,12 +810,12 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
                                                            return_estimates=True)
         record = {"sigma": round(255 * sigma, 3), "estimator": estimator, **_noise_models_record(estimates, nlf)}
         for target in targets:
-            _write_levels(target, 255 * levels, overwrite)
+            _write_levels_noted(target, 255 * levels, overwrite)
         if targets:
             record.update(noise_map_tif=str(targets[0]), noise_map_png=str(targets[1]),
                           map_mean=round(float(255 * levels.mean()), 3))
         if plot_path is not None:
-            _write_nlf_plot(plot_path, estimates, overwrite)
+            write_nlf_plot(plot_path, estimates, overwrite)
             record["plot"] = str(plot_path)
         line = (f"{shown(path)}: sigma {record['sigma']:.2f}, noise model "
                 f"{'/'.join(estimate.model for estimate in estimates)}"
@@ -962,89 +941,13 @@ def _nlf_lines(estimates) -> list[str]:
     return lines
 
 
-def _write_levels(path: Path, levels, overwrite: bool = True) -> None:
-    """Per-pixel noise levels (0-255 units, ``(H, W)`` or ``(H, W, 3)``): a colour-mapped picture with a scale
-    bar for ``.png`` (the channels of a colour map side by side), float32 values otherwise."""
-    import numpy as np
+def _write_levels_noted(path: Path, levels, overwrite: bool) -> None:
+    """:func:`gmdm_cli.figures.write_levels`, and its note on standard error."""
+    from .figures import write_levels
 
-    from .image_io import write_image
-
-    if path.suffix.lower() != ".png":
-        write_image(path, levels, dtype="float32", overwrite=overwrite)
-        return
-    if levels.ndim == 3:
-        gap = np.full((levels.shape[0], max(2, levels.shape[1] // 50)), np.nan)
-        levels = np.concatenate([part for k in range(3) for part in (levels[..., k], gap)][:-1], 1)
-    _write_map_picture(path, levels, overwrite)
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _write_nlf_plot(path: Path, estimates, overwrite: bool = True) -> None:
-    """The noise level against the intensity: each channel's binned levels (dots) and its fitted noise-level
-    function (line), 0-255 scale."""
-    import numpy as np
-
-    from .image_io import write_figure
-
-    plt = _pyplot()
-    if plt is None:
-        raise click.ClickException("--plot needs matplotlib (pip install 'gmdm-cli[plots]')")
-    colours = ("black",) if len(estimates) == 1 else ("tab:red", "tab:green", "tab:blue")
-    names = ("",) if len(estimates) == 1 else ("R ", "G ", "B ")
-    figure, axis = plt.subplots(figsize=(5, 3.5), dpi=100)
-    x = np.linspace(0, 1, 101)
-    for estimate, colour, name in zip(estimates, colours, names):
-        a, b = estimate.nlf
-        if estimate.curve:
-            intensity, sigma, _ = zip(*estimate.curve)
-            axis.plot(intensity, 255 * np.asarray(sigma), "o", color=colour, alpha=0.6, label=f"{name}binned")
-        axis.plot(x, 255 * np.sqrt(a * x + b), "-", color=colour,
-                  label=f"{name}$\\sigma^2$ = {a:.3g} x + {b:.3g} ({estimate.model})")
-    axis.set_xlabel("intensity x (0-1)")
-    axis.set_ylabel("noise sigma (0-255)")
-    axis.set_xlim(0, 1)
-    axis.set_ylim(bottom=0)
-    axis.legend(fontsize=7)
-    try:
-        write_figure(path, figure, overwrite, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-
-
-def _write_map_picture(path: Path, sigma_map, overwrite: bool = True) -> None:
-    """A noise map (0-255 units; NaN: a gap) as a colour picture with a labelled scale bar (matplotlib), or as
-    8-bit gray levels scaled to its maximum when matplotlib is not installed (a note says the scale)."""
-    import numpy as np
-
-    from .image_io import write_figure, write_image
-
-    plt = _pyplot()
-    if plt is None:
-        top = max(float(np.nanmax(sigma_map)), 1e-12)
-        write_image(path, np.nan_to_num(sigma_map / top), overwrite=overwrite)
-        click.echo(f"{shown(path)}: gray levels 0-255 stand for sigma 0-{top:.1f} (install 'gmdm-cli[plots]' for "
-                   f"a colour map with a scale bar)", err=True)
-        return
-    height, width = sigma_map.shape
-    figure, axis = plt.subplots(figsize=(max(3.0, width / 100 + 1.2), max(2.0, height / 100)), dpi=100)
-    picture = axis.imshow(np.ma.masked_invalid(sigma_map), cmap="viridis")
-    axis.set_axis_off()
-    figure.colorbar(picture, ax=axis, label="noise sigma (0-255)")
-    try:
-        write_figure(path, figure, overwrite, bbox_inches="tight")
-    finally:
-        plt.close(figure)
+    note = write_levels(path, levels, overwrite)
+    if note:
+        click.echo(note, err=True)
 
 
 def _terminate(signum, frame):

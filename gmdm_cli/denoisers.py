@@ -245,6 +245,18 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
+def noise_level_problem(sigma, scale: float = 1.0) -> str | None:
+    """What is wrong with noise levels ``sigma`` (a number or a map) on a scale whose top is ``scale`` (1: the
+    [0, 1] scale; 255), or None: every level must lie in ``(0, scale]``."""
+    import numpy as np
+
+    values = np.asarray(sigma, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if np.isfinite(values).all() and low > 0 and high <= scale:
+        return None
+    return f"values must lie in (0, {scale:g}] (found {low:g} to {high:g})"
+
+
 def patch_denoise(model: PatchGMDM, noisy: torch.Tensor, sigma, method: str = "ebpa", iterations: int | None = None,
                   boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
     """One gray channel ``(H, W)`` by :func:`ebpa` or :func:`hqs` (``iterations`` steps of :func:`hqs_schedule`,
@@ -286,8 +298,9 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if not (np.all(np.isfinite(sigma)) and np.all(np.asarray(sigma) > 0)):
-        raise ValueError("noise levels must be positive and finite")
+    problem = noise_level_problem(sigma)
+    if problem:
+        raise ValueError(f"noise levels {problem}")
     image, alpha = split_alpha(np.asarray(image))
     gray = image.ndim == 2
     channels = image[..., None] if gray else to_channels(image, colour)
