@@ -99,7 +99,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             reason = "it contains Python objects other than tensors and plain data, refused for safety"
         raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint ({reason})") from None
     if not isinstance(payload, dict) or kind_of_format(payload.get("format")) is None:
-        tags = " or ".join(f"'{tag}'" for tag, _, _ in KINDS.values())
+        tags = " or ".join(f"'{tag}'" for tag, *_ in KINDS.values())
         raise CheckpointError(f"{shown(path)}: not a gmdm checkpoint (a PyTorch file without the {tags} format tag)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{shown(path)}: unsupported checkpoint format version "

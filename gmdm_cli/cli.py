@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from .kinds import KINDS
 from .choices import (BOUNDARIES, COLOUR_SPACES, DEVICES, ESTIMATORS, LOSSES, METHODS, MODEL_TYPES, NOISE_MODELS,
                       OPTIMIZERS, RAW_ESTIMATORS, TRAINING)
 from .errors import GmdmError
@@ -218,8 +219,7 @@ def cli():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (and to continue from with --resume).")
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=TRAINING["model_type"], show_default=True,
-              help="patch: the patch GMDM (Sec. 3.1); conv: the convolutional model of Sec. 3.2 made exact by "
-                   "critically sampled bands (gmdm_cli.band_model).")
+              help="; ".join(f"{name}: {kind[-1]}" for name, kind in KINDS.items()) + " (gmdm_cli.kinds).")
 @click.option("--patch-size", default=TRAINING["patch_size"], show_default=True, type=click.IntRange(2, 256),
               help="patch: the patch side b, 2 to 31; conv: the side of the training crops, up to 256 and a "
                    "multiple of --bands [conv default: 8 x bands].")
@@ -297,7 +297,7 @@ def _training_shape(taken: dict | None, given: set, model_type: str, patch_size:
                     batch_size: int) -> tuple[str, dict]:
     """The kind of model to train and its patch (crop) size, bands and batch: what the model taken up (``--init``
     or ``--resume``) is, else the options given, else the kind's defaults."""
-    from .kinds import KINDS, kind_class, kind_of_format
+    from .kinds import kind_class, kind_of_format
 
     if taken is not None:  # the model or the run taken up says what it is
         kind = kind_of_format(taken["format"])

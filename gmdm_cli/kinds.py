@@ -15,9 +15,10 @@ import importlib
 from typing import Protocol
 
 KINDS = {
-    # name (``gmdm train --model-type``): (checkpoint format tag, module, class)
-    "patch": ("gmdm-patch", "gmdm_cli.model", "PatchGMDM"),
-    "conv": ("gmdm-band", "gmdm_cli.band_model", "BandGMDM"),
+    # name (``gmdm train --model-type``): (checkpoint format tag, module, class, what it is)
+    "patch": ("gmdm-patch", "gmdm_cli.model", "PatchGMDM", "the patch GMDM (Sec. 3.1)"),
+    "conv": ("gmdm-band", "gmdm_cli.band_model", "BandGMDM",
+             "the convolutional model of Sec. 3.2 made exact by critically sampled bands"),
 }
 
 
@@ -85,13 +86,13 @@ class GMDM(Protocol):
 
 def kind_class(name: str):
     """The class of the kind ``name``."""
-    _, module, attribute = KINDS[name]
+    _, module, attribute, _ = KINDS[name]
     return getattr(importlib.import_module(module), attribute)
 
 
 def kind_of_format(tag) -> str | None:
     """The kind whose checkpoints carry the format ``tag`` (None if none does)."""
-    return next((name for name, (format_tag, _, _) in KINDS.items() if format_tag == tag), None)
+    return next((name for name, (format_tag, *_) in KINDS.items() if format_tag == tag), None)
 
 
 def format_of(model) -> str:
