@@ -257,7 +257,7 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
     from .checkpoint import read_checkpoint, resolve_model_path
     from .training import run_training, TrainingConfig
 
-    _check_train_usage(output, init_model, resume, log_path)
+    _check_train_usage(init_model, resume, log_path)
     initial = read_checkpoint(resolve_model_path(init_model)) if init_model is not None else None
     previous = read_checkpoint(output) if resume and output.is_file() else None
     source = click.get_current_context().get_parameter_source
@@ -276,11 +276,11 @@ def train(image_dirs, output, model_type, patch_size, bands, steps, batch_size, 
         _report_training(summary, output, previous)
 
 
-def _check_train_usage(output: Path, init_model: str | None, resume: bool, log_path: Path | None) -> None:
+def _check_train_usage(init_model: str | None, resume: bool, log_path: Path | None) -> None:
     if init_model is not None and resume:
         raise click.UsageError("--init starts a new run; --resume continues one: give one of them")
-    if log_path is not None and any(_same_file(log_path, Path(path)) for path in (output, init_model) if path):
-        raise click.UsageError("--log must name its own file (not the checkpoint)")
+    if log_path is not None and init_model is not None and _same_file(log_path, Path(init_model)):
+        raise click.UsageError("--log must name its own file (not the model of --init)")
 
 
 def _report_training(summary: dict, output: Path, previous: dict | None) -> None:
@@ -577,12 +577,16 @@ def _channels(image) -> int:
 
 def _check_format(path: Path | None, option: str, allowed=None) -> None:
     """A usage error (exit 2, before any work) for an output file of a format gmdm does not write."""
-    from .image_io import IMAGE_EXTENSIONS
+    from .image_io import ImageError, check_output_format
 
     if path is None or str(path) == "-":
         return
-    allowed = allowed or tuple(sorted(IMAGE_EXTENSIONS))
-    if path.suffix.lower() not in allowed:
+    if allowed is None:
+        try:
+            check_output_format(path)
+        except ImageError as error:
+            raise click.BadParameter(str(error), param_hint=option) from None
+    elif path.suffix.lower() not in allowed:
         raise click.BadParameter(f"{shown(path)}: unknown output format '{path.suffix or '(none)'}' (use one of "
                                  f"{', '.join(allowed)})", param_hint=option)
 
