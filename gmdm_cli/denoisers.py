@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
-from .model import (PatchGMDM, image_shape, image_patch_scores, image_responses, patch_counts, patch_sum,
-                    time_from_sigma)
+from .model import (PatchGMDM, expert_curvature, expert_score, image_shape, image_patch_scores, image_responses,
+                    patch_counts, patch_sum, time_from_sigma)
 from .tables import ExpertTable, expert_table
 from .tiling import automatic_tile, map_strip_blocks, tiled
 
@@ -173,6 +173,61 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     batch, sigma, (rows, columns) = _prepare(model, noisy, sigma, boundary)
     estimate = tweedie_average(model, batch, time_from_sigma(sigma), exact, tile).add_(batch)
     return estimate[..., rows, columns].reshape(noisy.shape)
+
+
+def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, spread: bool = True,
+                   tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """EB-PA's estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, ``boundary="valid"``) at ``sigma`` (a number,
+    or one level per patch ``(N, 1, H-b+1, W-b+1)``) and its per-pixel posterior variance, same shape.
+
+    Tweedie's second-order identity gives every patch's posterior covariance, ``Cov[x_i | y_i] = sigma_i^2 (I +
+    sigma_i^2 grad^2 log f(y_i, t_i))`` with ``grad^2 log f = sum_j k_j k_j^T h_j(z_ij)``, ``h_j = d^2/dz^2 log
+    psi_j`` (:func:`~gmdm_cli.model.expert_curvature`). Since ``I = u u^T + sum_j k_j k_j^T / ||k_j||^2`` (``u`` the
+    unit DC vector, which the prior leaves flat), its diagonal at position ``m`` of the patch is
+    ``sigma_i^2 (1/a + sum_j k_j[m]^2 (1 / ||k_j||^2 + sigma_i^2 h_j(z_ij)))``. Patch averaging takes the mean of
+    the ``C`` patch estimates ``m_i(n)`` covering pixel ``n``; their posteriors, pooled as an equal mixture,
+    have the variance (law of total variance)
+
+        ``v(n) = (1/C) sum_i [Cov_i]_(m, m) + (1/C) sum_i (m_i(n) - xhat(n))^2``,
+
+    the mean of the patches' own variances plus their disagreement (left out with ``spread=False``). Both sums
+    are transposed convolutions: of ``sigma_i^2 (1 / ||k_j||^2 + sigma_i^2 h_j)`` with the squared filters, and of
+    each patch's squared correction ``(sum_j k_j sigma_i^2 s_ij)^2`` put back in place. Experts from tables for one
+    ``sigma``, exact for maps; in tiles like :func:`tweedie_average`.
+    """
+    batch, sigma, _ = _prepare(model, noisy, sigma, "valid")
+    b, device = model.patch_size, model.filters.device
+    t = time_from_sigma(sigma)
+    tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
+
+    def moments(x: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        z = image_responses(model, x)
+        if maps:
+            times = maps[0][..., :z.shape[-2], :z.shape[-1]]
+            scores, curvatures = expert_score(model, z, times), expert_curvature(model, z, times)
+        else:
+            times = t.to(x.device)
+            table = expert_table(model, float(times))
+            scores, curvatures = table.score(z), table.curvature(z)
+        variance = 2 * times * torch.ones_like(z[:, :1])  # sigma_i^2 of every patch, (N, 1, h, w)
+        counts = patch_counts(model, x)
+        corrections = scores * variance  # sigma_i^2 s_ij
+        mean = patch_sum(model, corrections) / counts
+        own = variance * (1 / model.filter_norms2().view(1, -1, 1, 1) + variance * curvatures)
+        squares = model.filters.pow(2).T.contiguous()  # (a, J): k_j[m]^2
+        per_position = torch.einsum("mj,njhw->nmhw", squares, own) + variance / b**2  # [Cov_i]_(m, m)
+        if spread:  # and each patch's squared estimate of pixel m, less the mean's square below
+            per_position += torch.einsum("jm,njhw->nmhw", model.filters, corrections) ** 2
+        size = x.shape[-2:]
+        total = F.fold(per_position.flatten(2), size, b) / counts
+        if spread:
+            total -= mean**2
+        return torch.cat([mean, total.clamp_min(0)], 1)
+
+    maps = () if t.dim() == 0 else (F.pad(t, (0, b - 1, 0, b - 1)),)
+    with torch.no_grad():
+        result = tiled(moments, batch, b - 1, tile, maps, device)
+    return (batch + result[:, :1]).reshape(noisy.shape), result[:, 1:].reshape(noisy.shape)
 
 
 HQS_ITERATIONS, HQS_START, HQS_END, HQS_DATA_WEIGHT = 6, 0.25, 1 / 128, 9.0  # tuned on BSDS400 crops

@@ -298,6 +298,21 @@ def expert_score(model: PatchGMDM, z: torch.Tensor, t) -> torch.Tensor:
     return (mean - z) / variances
 
 
+def expert_curvature(model: PatchGMDM, z: torch.Tensor, t) -> torch.Tensor:
+    """``d^2/dz^2 log psi_j(z, t) = (Var_gamma(mu | z) / v - 1) / v`` with ``v = sigma_j^2(t)``, same shape as ``z``
+    (no gradient): the experts' part of Tweedie's second-order identity (the posterior covariance)."""
+    variances = model.expert_variances(t, z.dim()).detach()
+    log_weights = torch.log_softmax(model.logits.detach(), dim=1)
+    means = model.means
+
+    def spread(zc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        posterior = _posterior(zc, vc, log_weights, means)
+        return posterior @ means**2 - (posterior @ means) ** 2
+
+    with torch.no_grad():
+        return (_over_chunks(spread, z.detach(), variances, model.num_components) / variances - 1) / variances
+
+
 # --- patches ------------------------------------------------------------------------------
 
 def patch_energy(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:

@@ -65,6 +65,7 @@ class ExpertTable:
             return table.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1)
 
         self.energies, self.scores = hermite(energies, -scores), hermite(scores, curvatures)
+        self.curvatures = None  # tabulated on first use (posterior variances only)
         # position on expert j's grid: 0 at low_j, G - 1 at high_j; expert j's points start at j G
         self.points = points
         self.scale = ((points - 1) / width).to(dtype)[:, None]
@@ -116,12 +117,24 @@ class ExpertTable:
             outside = torch.nonzero((z < low_end.to(z).view(shape)) | (z > high_end.to(z).view(shape)), as_tuple=True)
             owner = outside[1] if experts is None else experts.to(outside[1].device)[outside[1]]
             value = value.clone()
-            value[outside] = self._exact(z[outside], owner)[which].to(value.dtype)
+            value[outside] = self._exact(z[outside], owner, derivatives=which == 2)[which].to(value.dtype)
         return value
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         """``d/dz log psi_j(z, t)`` for responses with the filter index in dimension 1."""
         return self._lookup(self.scores, z, 1)
+
+    def curvature(self, z: torch.Tensor) -> torch.Tensor:
+        """``d^2/dz^2 log psi_j(z, t)``, tabulated on first use: exact values on the table's points, read linearly."""
+        if self.curvatures is None:
+            points = torch.arange(self.points, dtype=torch.float64, device=self.low.device)
+            grid = self.low[:, None] + (self.high - self.low)[:, None] * points / (self.points - 1)  # (J, G)
+            owner = torch.arange(len(self.low), device=self.low.device).repeat_interleave(self.points)
+            values = self._exact(grid.reshape(-1), owner, derivatives=True)[2].view(len(self.low), -1)
+            steps = values.diff(dim=1)
+            dtype = self.scores[0].dtype
+            self.curvatures = (values.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1))
+        return self._lookup(self.curvatures, z, 2)
 
     def energy(self, z: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
         """``-log psi_j(z, t)`` for responses with the filter index in dimension 1 (of the experts ``experts``,

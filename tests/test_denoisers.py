@@ -128,3 +128,57 @@ def test_hqs_with_a_noise_map_beats_ebpa_with_it(camera):
     ebpa_psnr = psnr(denoise_array(model, noisy, truth), camera)
     hqs_psnr = psnr(denoise_array(model, noisy, truth, "hqs"), camera)
     assert hqs_psnr > ebpa_psnr + 0.2, (hqs_psnr, ebpa_psnr)
+
+
+def _pooled_patch_posteriors(model, image, sigma):
+    """Reference for :func:`ebpa_posterior`: every patch's posterior mean and covariance from autograd's gradient
+    and Hessian of ``log f`` (Tweedie's first and second order), pooled at each pixel as an equal mixture."""
+    from gmdm_cli.model import patch_energy
+
+    b = model.patch_size
+    height, width = image.shape
+    sums = torch.zeros(3, height, width, dtype=torch.float64)  # variances, means, squared means
+    counts = torch.zeros(height, width, dtype=torch.float64)
+    for r in range(height - b + 1):
+        for c in range(width - b + 1):
+            patch = image[r:r + b, c:c + b].reshape(1, -1).clone().requires_grad_()
+            gradient, = torch.autograd.grad(-patch_energy(model, patch, sigma**2 / 2).sum(), patch, create_graph=True)
+            hessian = torch.stack([torch.autograd.grad(gradient[0, k], patch, retain_graph=True)[0][0]
+                                   for k in range(b * b)])
+            covariance = sigma**2 * (torch.eye(b * b, dtype=torch.float64) + sigma**2 * hessian)
+            mean = (patch + sigma**2 * gradient)[0].detach()
+            sums[:, r:r + b, c:c + b] += torch.stack([torch.diagonal(covariance), mean, mean**2]).view(3, b, b)
+            counts[r:r + b, c:c + b] += 1
+    variance, mean, square = sums / counts
+    return mean, variance, variance + square - mean**2
+
+
+def test_ebpa_posterior_variance_is_tweedies_second_order_pooled_over_patches():
+    from gmdm_cli.denoisers import ebpa_posterior
+
+    model = random_model(patch_size=3, num_components=15, seed=30)
+    image = torch.rand(7, 6, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    sigma = 0.1
+    mean, own, pooled = _pooled_patch_posteriors(model, image, sigma)
+    levels = torch.full((1, 1, 5, 4), sigma, dtype=torch.float64)  # a map: the exact experts
+    estimate, variance = ebpa_posterior(model, image, levels, tile=0)
+    assert torch.allclose(estimate, mean, atol=1e-12) and torch.allclose(variance, pooled, atol=1e-12)
+    assert torch.allclose(ebpa_posterior(model, image, levels, spread=False, tile=0)[1], own, atol=1e-12)
+    tabulated = ebpa_posterior(model, image, sigma, tile=4)[1]  # one sigma: tables, in tiles
+    assert torch.allclose(tabulated, pooled, rtol=1e-4, atol=1e-9)
+
+
+def test_ebpa_posterior_variance_matches_the_error_of_exact_prior_draws():
+    """Monte-Carlo: patches drawn exactly from the prior (Corollary 2.1) plus noise; a single patch's posterior
+    variance, averaged over draws, is the mean squared error of its posterior mean."""
+    from gmdm_cli.denoisers import ebpa_posterior
+    from gmdm_cli.sampling import sample_patches
+
+    model = random_model(patch_size=3, num_components=15, seed=32)
+    generator = torch.Generator().manual_seed(33)
+    sigma = 0.1
+    clean = sample_patches(model, 20000, 0.0, generator)
+    noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+    estimate, variance = ebpa_posterior(model, noisy[:, None], sigma, tile=0)
+    ratio = ((estimate[:, 0] - clean) ** 2).mean(0) / variance[:, 0].mean(0)
+    assert float((ratio - 1).abs().max()) < 0.05  # 20 000 draws: about 1 % standard error per pixel
