@@ -55,15 +55,17 @@ def _loaded(path, stamp, device):
 @dataclass(frozen=True)
 class Denoised:
     """What :func:`denoise` gives with ``return_noise=True``: the ``image``, the noise levels it was denoised at
-    (``sigma``: a number or a per-pixel map, [0, 1] scale) and, blind, the noise models' ``estimates``."""
+    (``sigma``: a number or a per-pixel map, [0, 1] scale), blind, the noise models' ``estimates``, and with
+    ``return_std`` the posterior ``std`` per pixel."""
 
     image: object
     sigma: object
     estimates: list = field(default_factory=list)
+    std: object = None
 
 
 def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary="valid", colour="rgb",
-            tile=None, iterations=None, noise_model="auto", return_noise=False):
+            tile=None, iterations=None, noise_model="auto", return_noise=False, return_std=False):
     """Denoise an image corrupted by additive Gaussian noise.
 
     Parameters
@@ -95,6 +97,10 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         the image best: one level, a noise-level function of the intensity, or a spatial map.
     return_noise : bool
         Return a :class:`Denoised` with the noise levels used (and, blind, the estimates) instead of the image.
+    return_std : bool
+        EB-PA with a patch model: also return the posterior standard deviation of every pixel, ``(denoised,
+        std)`` (same scale; ``(H, W, 3)`` for colour; :func:`gmdm_cli.denoisers.ebpa_std`). It is the model's
+        uncertainty under its prior, calibrated on training images, not a guarantee.
 
     Returns
     -------
@@ -131,8 +137,11 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         sigma, estimates = blind_levels(model, image, noise_model)
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
-    result = denoise_array(model, image, sigma, method, boundary, tile, colour, iterations)
-    return Denoised(result, sigma, estimates) if return_noise else result
+    result = denoise_array(model, image, sigma, method, boundary, tile, colour, iterations, return_std)
+    result, std = result if return_std else (result, None)
+    if return_noise:
+        return Denoised(result, sigma, estimates, std)
+    return (result, std) if return_std else result
 
 
 def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model="auto", return_estimates=False):

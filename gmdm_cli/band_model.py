@@ -94,9 +94,11 @@ class BandGMDM(MixtureExperts):
         return torch.stack([band_denoise(self, image[0], sigma)[None] for image in images]) - images
 
     def denoise(self, noisy: torch.Tensor, sigma, method: str, iterations: int | None = None,
-                boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
+                boundary: str = "valid", tile: int | None = None, return_std: bool = False) -> torch.Tensor:
         """The cycle-spun Tweedie estimate (``"ebpa"``, :func:`band_denoise`) or :func:`band_hqs`, on the model's
-        device; it mirrors the borders itself (``boundary`` and ``tile`` do not apply)."""
+        device; it mirrors the borders itself (``boundary`` and ``tile`` do not apply). No posterior std yet."""
+        if return_std:
+            raise ValueError(f"the posterior std needs a patch model, not a {self.kind} model")
         device, dtype = self.logits.device, self.logits.dtype
         level = torch.as_tensor(sigma, dtype=dtype, device=device)
         image = noisy.to(device=device, dtype=dtype)

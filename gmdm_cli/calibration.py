@@ -78,3 +78,59 @@ def _quiet_choice(model: GMDM, histograms: list, sigmas) -> list[int]:
     if not ratios:
         raise ValueError(f"the 'quiet' calibration needs a level of at least {QUIET_SELECTION_FROM}")
     return sorted(int(j) for j in np.argsort(np.mean(ratios, 0))[:QUIET_EXPERTS])
+
+
+UNCERTAINTY_LEVELS = (5, 15, 25, 50, 100)  # 0-255 scale
+UNCERTAINTY_EXPONENTS = ((0.5, 3.0, 11), (0.0, 1.5, 7))  # grids (low, high, count) of the two exponents searched
+
+
+def calibrate_uncertainty(model: GMDM, images, sigmas=UNCERTAINTY_LEVELS, seed: int = 0) -> dict:
+    """Calibrate EB-PA's posterior std (:func:`~gmdm_cli.denoisers.ebpa_posterior`) on clean gray ``images`` with
+    synthetic noise of known levels (0-255). The pooled variance has two parts, the patches' own posterior
+    variance ``V_own`` and their disagreement ``V_spread``; averaging over overlapping patches shrinks the error
+    below the first where they agree and not where they do not, so the calibrated variance is
+    ``sigma^2 exp(alpha) (V_own / sigma^2)^p (V_spread / sigma^2)^q`` with ``p, q`` chosen per level to make the
+    binned RMS error match the binned prediction best (:func:`calibration_error`, deciles of the prediction) and
+    ``alpha`` so that the mean predicted variance is the mean squared error. Returns
+    ``{"sigma": [...], "alpha": [...], "own": [...], "spread": [...], "images", "seed"}`` (0-1 scale) for
+    :func:`apply_uncertainty_calibration`."""
+    from .denoisers import ebpa_posterior
+
+    rng = np.random.default_rng(seed)
+    curve = {"sigma": [], "alpha": [], "own": [], "spread": []}
+    for sigma in sigmas:
+        level = sigma / 255
+        parts, errors = [], []
+        for image in images:
+            noisy = torch.as_tensor(image + level * rng.standard_normal(image.shape), dtype=model.logits.dtype)
+            estimate, own, spread = ebpa_posterior(model, noisy, level)
+            parts.append(np.stack([own.numpy().ravel(), spread.numpy().ravel()]) / level**2)
+            errors.append((estimate.numpy() - image).ravel() / level)
+        logs, error = np.log(np.maximum(np.concatenate(parts, 1), 1e-12)), np.concatenate(errors)
+        best = None
+        for p in np.linspace(*UNCERTAINTY_EXPONENTS[0]):
+            for q in np.linspace(*UNCERTAINTY_EXPONENTS[1]):
+                exponent = p * logs[0] + q * logs[1]
+                alpha = float(np.log(np.mean(error**2)) - np.log(np.mean(np.exp(exponent))))
+                merit = calibration_error(np.exp((alpha + exponent) / 2), error)[0]
+                best = min(best or (merit, alpha, p, q), (merit, alpha, p, q))
+        for key, value in zip(("sigma", "alpha", "own", "spread"), (level, *best[1:])):
+            curve[key].append(float(value))
+    return {**curve, "images": len(images), "seed": seed}
+
+
+def calibration_error(predicted, error, bins: int = 10) -> tuple[float, float, list]:
+    """How far predicted stds are from the actual errors: the pixels binned by predicted std (``bins`` quantiles),
+    per bin ``log(RMS error / RMS predicted)``; returns its mean and largest magnitude, and the bins as
+    ``(RMS predicted, RMS error, fraction of pixels)``."""
+    predicted, error = np.ravel(predicted), np.ravel(error)
+    edges = np.quantile(predicted, np.linspace(0, 1, bins + 1))
+    index = np.clip(np.searchsorted(edges, predicted, side="right") - 1, 0, bins - 1)
+    table = []
+    for k in range(bins):
+        chosen = index == k
+        if chosen.any():
+            table.append((float(np.sqrt(np.mean(predicted[chosen] ** 2))), float(np.sqrt(np.mean(error[chosen] ** 2))),
+                          float(chosen.mean())))
+    logs = np.abs([np.log(actual / max(expected, 1e-300)) for expected, actual, _ in table])
+    return float(np.mean(logs)), float(np.max(logs)), table

@@ -165,6 +165,8 @@ def _validate(payload: dict) -> None:
         curves = {"mean-energy": calibration} if "raw" in calibration else calibration
         for name, curve in curves.items():
             _validate_curve(name, curve, experts)
+    if metadata.get("uncertainty_calibration") is not None:
+        _validate_uncertainty(metadata["uncertainty_calibration"])
     if "training" in payload:
         _validate_training(payload["training"])
 
@@ -182,6 +184,17 @@ def _validate_curve(name: str, curve, experts: int) -> None:
     if chosen is not None and not (isinstance(chosen, (list, tuple)) and chosen and all(
             _is_number(j) and isinstance(j, int) and 0 <= j < experts for j in chosen)):
         raise ValueError(f"{where}: 'experts' must list expert numbers from 0 to {experts - 1}")
+
+
+def _validate_uncertainty(curve) -> None:
+    keys = ("sigma", "alpha", "own", "spread")
+    if not isinstance(curve, dict) or not all(isinstance(curve.get(key), (list, tuple)) and curve[key]
+                                              and all(_is_number(v) and math.isfinite(v) for v in curve[key])
+                                              for key in keys) \
+            or len({len(curve[key]) for key in keys}) != 1 or min(curve["sigma"]) <= 0 \
+            or any(b <= a for a, b in zip(curve["sigma"], curve["sigma"][1:])):
+        raise ValueError("uncertainty calibration needs lists 'sigma' (positive, increasing), 'alpha', 'own' and "
+                         "'spread' of one length, of finite numbers")
 
 
 def _validate_training(training) -> None:

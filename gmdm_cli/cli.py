@@ -434,6 +434,10 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--sigma-map", type=click.Path(dir_okay=False, path_type=Path),
               help="Known per-pixel noise map (.npy or float TIFF, 0-255 units, every value in (0, 255] like --sigma, "
                    "the image's size; for a colour image also one map per RGB channel, H x W x 3).")
+@click.option("--uncertainty", "uncertainty_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="EB-PA, one input: also save the posterior standard deviation of every pixel here (.tif or .npy: "
+                   "float32, 0-255 units; .png: a colour-mapped picture with a scale bar): the model's uncertainty, "
+                   "calibrated on training images, not a guarantee.")
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
               help="With --blind (one input): also save the estimated levels here (.tif or .npy: float32, "
                    "0-255 units; .png: a colour-mapped picture with a scale bar).")
@@ -456,8 +460,9 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
 @_quiet
 @_overwrite_option
-def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, noise_map_path, method,
-            iterations, boundary, colour, model_name, device, tile, max_pixels, as_json, quiet, overwrite):
+def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, uncertainty_path,
+            noise_map_path, method, iterations, boundary, colour, model_name, device, tile, max_pixels, as_json, quiet,
+            overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) corrupted by Gaussian noise.
 
     Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
@@ -466,12 +471,14 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     import gmdm_cli
     from .image_io import check_output_format, encode_image, write_image
 
-    targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, noise_map_path,
+    side = {"--noise-map": noise_map_path, "--uncertainty": uncertainty_path}
+    targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side,
                                method, iterations, noise_model, as_json)
     level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None if blind else sigma / 255
     read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
-    if noise_map_path is not None:
-        _check_target(noise_map_path, overwrite, read)
+    for path in side.values():
+        if path is not None:
+            _check_target(path, overwrite, read)
     if output_dir is not None:
         _output_folder(output_dir)
     model = _load_model(model_name, _device(device))
@@ -481,16 +488,21 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     def one(path: Path, target: Path, image, info) -> tuple[dict, str]:
         started = time.perf_counter()
         check_output_format(f"<stdout>{extension}" if to_stdout else target, _channels(image))
+        fields = {}
         done = gmdm_cli.denoise(image, level, method, model, blind, boundary, colour, tile, iterations, noise_model,
-                                return_noise=True)
+                                return_noise=True, return_std=uncertainty_path is not None)
         if noise_map_path is not None:
             _write_levels_noted(noise_map_path, 255 * done.sigma, overwrite)
+        if uncertainty_path is not None:
+            _write_levels_noted(uncertainty_path, 255 * done.std, overwrite, "posterior std (0-255)")
+            fields["uncertainty"], fields["std_mean"] = str(uncertainty_path), round(255 * float(done.std.mean()), 3)
         if to_stdout:
             _write_stdout(encode_image(done.image, extension, info.dtype))
         else:
             write_image(target, done.image, dtype=info.dtype, overwrite=overwrite)
         seconds = time.perf_counter() - started
-        how, fields = _noise_used(sigma, None if sigma is not None else done.sigma, done.estimates)
+        how, noise = _noise_used(sigma, None if sigma is not None else done.sigma, done.estimates)
+        fields.update(noise)
         return ({"output": str(target), "method": method, "model": model_name, "seconds": round(seconds, 3), **fields},
                 f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
 
@@ -498,10 +510,28 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
 
 
-def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, noise_map_path, method,
+def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side: dict, method,
                      iterations, noise_model, as_json) -> list[Path]:
-    """``denoise``'s usage rules (exit 2 before any work), and the output file of every input."""
-    _check_noise_options(inputs, sigma, blind, sigma_map, noise_map_path, method, iterations, noise_model)
+    """``denoise``'s usage rules (exit 2 before any work), and the output file of every input; ``side``: the
+    side outputs by option (``--noise-map``, ``--uncertainty``)."""
+    _check_noise_options(inputs, sigma, blind, sigma_map, side["--noise-map"], method, iterations, noise_model)
+    if side["--uncertainty"] is not None and (method != "ebpa" or len(inputs) > 1):
+        raise click.UsageError("--uncertainty goes with --method ebpa and a single input")
+    _check_outputs(inputs, output, output_dir, as_json)
+    for option, path in side.items():
+        _check_format(path, option, (".png", ".tif", ".tiff", ".npy"))
+    if output is not None:
+        targets = [output]
+    else:
+        targets = [output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}")
+                   for path in inputs]
+        _check_distinct(targets, "several inputs (with the same file name)")
+    extra = [path for path in side.values() if path is not None]
+    _check_distinct([*extra, *targets], " and ".join(option for option, path in side.items() if path) + " and the result")
+    return targets
+
+
+def _check_outputs(inputs, output: Path | None, output_dir: Path | None, as_json: bool) -> None:
     if (output is None) == (output_dir is None):
         raise click.UsageError("give exactly one of -o/--output and --output-dir")
     if output is not None and len(inputs) > 1:
@@ -510,16 +540,6 @@ def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, si
         raise click.UsageError("'-' (standard input) is one input, written with -o")
     _check_stdout(output, as_json)
     _check_format(output, "-o/--output")
-    _check_format(noise_map_path, "--noise-map", (".png", ".tif", ".tiff", ".npy"))
-    if output is not None:
-        targets = [output]
-    else:
-        targets = [output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}")
-                   for path in inputs]
-        _check_distinct(targets, "several inputs (with the same file name)")
-    if noise_map_path is not None:
-        _check_distinct([noise_map_path, *targets], "--noise-map and the result")
-    return targets
 
 
 def _check_noise_options(inputs, sigma, blind, sigma_map, noise_map_path, method, iterations, noise_model) -> None:
@@ -878,33 +898,61 @@ def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
               type=click.Choice(RAW_ESTIMATORS),
               help="Calibrate only these (repeatable) and keep the model's other curves [default: all three]. "
                    "quiet also chooses its experts (needs a level of at least 15).")
+@click.option("--uncertainty", is_flag=True,
+              help="Calibrate the posterior std of EB-PA (denoise --uncertainty) instead, at --levels [default: 5, "
+                   "15, 25, 50, 100]; the noise calibration is kept.")
 @_overwrite_option
-def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, overwrite):
-    """Calibrate MODEL's noise estimates on clean images in IMAGE_DIRS (use training images)."""
+def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, uncertainty, overwrite):
+    """Calibrate MODEL's noise estimates (or, with --uncertainty, its posterior std) on clean images in IMAGE_DIRS
+    (use training images)."""
     from .checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
-    from .calibration import CALIBRATED, CALIBRATION_LEVELS, calibrate_noise
-    from .noise import calibration_for
+    from .calibration import CALIBRATION_LEVELS, UNCERTAINTY_LEVELS
     from .training import find_images, load_training_images, spread
 
-    sigmas = sorted(set(_sigmas(levels, "--levels"))) if levels else list(CALIBRATION_LEVELS)
-    if len(sigmas) < 2:
-        raise click.BadParameter(f"'{levels}' is not a list of at least two levels", param_hint="--levels")
+    default = UNCERTAINTY_LEVELS if uncertainty else CALIBRATION_LEVELS
+    sigmas = sorted(set(_sigmas(levels, "--levels"))) if levels else list(default)
+    if len(sigmas) < 2 or (uncertainty and sigmas[0] <= 0):
+        raise click.BadParameter(f"'{levels}' is not a list of at least two (positive) levels", param_hint="--levels")
     paths = spread(find_images(image_dirs), count)
     _check_target(output, overwrite, [resolve_model_path(model_name), *paths])
     payload = read_checkpoint(resolve_model_path(model_name))
     model = model_from_checkpoint(payload)
     images = [image.astype("float64") for image in load_training_images(paths, model.smallest_side())]
+    data = ", ".join(str(d) for d in image_dirs)
+    if uncertainty:
+        fields, lines = _uncertainty_fields(model, images, sigmas, seed, data)
+    else:
+        fields, lines = _noise_fields(model, images, sigmas, seed, estimators, data)
+    save_checkpoint(output, model, {**payload["metadata"], **fields}, payload.get("training"), overwrite)
+    for line in lines:
+        _out(line)
+    click.echo(f"wrote {shown(output)}", err=True)
+
+
+def _uncertainty_fields(model, images, sigmas, seed: int, data: str) -> tuple[dict, list[str]]:
+    """``calibrate --uncertainty``: the checkpoint field and the lines that report it."""
+    from .calibration import calibrate_uncertainty
+
+    curve = {**calibrate_uncertainty(model, images, sigmas, seed), "data": data}
+    lines = [f"sigma {true:5g}: std = sigma exp({curve['alpha'][row] / 2:.3f}) (own/sigma^2)^"
+             f"{curve['own'][row] / 2:.3f} (spread/sigma^2)^{curve['spread'][row] / 2:.3f}"
+             for row, true in enumerate(sigmas)]
+    return {"uncertainty_calibration": curve}, lines
+
+
+def _noise_fields(model, images, sigmas, seed: int, estimators, data: str) -> tuple[dict, list[str]]:
+    """``calibrate``: the noise calibration (new curves, the model's others kept) and the table that reports it."""
+    from .calibration import CALIBRATED, calibrate_noise
+    from .noise import calibration_for
+
     calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED)
-    for curve in calibration.values():
-        curve["data"] = ", ".join(str(d) for d in image_dirs)
     kept = {name: calibration_for(model, name) for name in CALIBRATED if name not in calibration}
-    curves = {**{name: curve for name, curve in kept.items() if curve}, **calibration}
-    save_checkpoint(output, model, {**payload["metadata"], "noise_calibration": curves}, payload.get("training"),
-                    overwrite)
-    _out("sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)")
-    for row, true in enumerate(sigmas):
-        _out(f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values()))
-    click.echo(f"wrote {output}", err=True)
+    curves = {**{name: curve for name, curve in kept.items() if curve},
+              **{name: {**curve, "data": data} for name, curve in calibration.items()}}
+    lines = ["sigma  " + "  ".join(f"{name:>12}" for name in calibration) + "   (mean raw estimates)"]
+    lines += [f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values())
+              for row, true in enumerate(sigmas)]
+    return {"noise_calibration": curves}, lines
 
 
 def _noise_used(sigma, levels, estimates) -> tuple[str, dict]:
@@ -945,11 +993,11 @@ def _nlf_lines(estimates) -> list[str]:
     return lines
 
 
-def _write_levels_noted(path: Path, levels, overwrite: bool) -> None:
+def _write_levels_noted(path: Path, levels, overwrite: bool, label: str = "noise sigma (0-255)") -> None:
     """:func:`gmdm_cli.figures.write_levels`, and its note on standard error."""
     from .figures import write_levels
 
-    note = write_levels(path, levels, overwrite)
+    note = write_levels(path, levels, overwrite, label)
     if note:
         click.echo(note, err=True)
 

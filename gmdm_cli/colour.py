@@ -45,6 +45,14 @@ def from_channels(channels: np.ndarray, space: str) -> np.ndarray:
     return channels @ (OPPONENT.T / np.sum(OPPONENT**2, axis=1)).T
 
 
+def from_channel_variances(variances: np.ndarray, space: str) -> np.ndarray:
+    """Variances ``(..., 3)`` of R, G, B from those of independent channels of ``space`` (the squares of
+    :func:`from_channels`' matrix)."""
+    if space == "rgb":
+        return variances
+    return variances @ ((OPPONENT.T / np.sum(OPPONENT**2, axis=1)).T ** 2)
+
+
 def channel_noise_levels(rgb_levels: np.ndarray, space: str) -> np.ndarray:
     """Noise levels ``(..., 3)`` of the channels of ``space`` for independent noise of levels ``rgb_levels``
     ``(..., 3)`` in R, G and B: ``sqrt(sum_c a_kc^2 sigma_c^2)`` (the rows' own gains when all three are equal)."""

@@ -175,10 +175,11 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     return estimate[..., rows, columns].reshape(noisy.shape)
 
 
-def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, spread: bool = True,
-                   tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
+                   tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EB-PA's estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, ``boundary="valid"``) at ``sigma`` (a number,
-    or one level per patch ``(N, 1, H-b+1, W-b+1)``) and its per-pixel posterior variance, same shape.
+    or one level per patch ``(N, 1, H-b+1, W-b+1)``) and the two parts of its per-pixel posterior variance (the
+    patches' own, their disagreement), each shaped like ``noisy``.
 
     Tweedie's second-order identity gives every patch's posterior covariance, ``Cov[x_i | y_i] = sigma_i^2 (I +
     sigma_i^2 grad^2 log f(y_i, t_i))`` with ``grad^2 log f = sum_j k_j k_j^T h_j(z_ij)``, ``h_j = d^2/dz^2 log
@@ -190,7 +191,7 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, spread: bool = 
 
         ``v(n) = (1/C) sum_i [Cov_i]_(m, m) + (1/C) sum_i (m_i(n) - xhat(n))^2``,
 
-    the mean of the patches' own variances plus their disagreement (left out with ``spread=False``). Both sums
+    the mean of the patches' own variances plus their disagreement (the two parts returned). Both sums
     are transposed convolutions: of ``sigma_i^2 (1 / ||k_j||^2 + sigma_i^2 h_j)`` with the squared filters, and of
     each patch's squared correction ``(sum_j k_j sigma_i^2 s_ij)^2`` put back in place. Experts from tables for one
     ``sigma``, exact for maps; in tiles like :func:`tweedie_average`.
@@ -215,19 +216,16 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, spread: bool = 
         mean = patch_sum(model, corrections) / counts
         own = variance * (1 / model.filter_norms2().view(1, -1, 1, 1) + variance * curvatures)
         squares = model.filters.pow(2).T.contiguous()  # (a, J): k_j[m]^2
-        per_position = torch.einsum("mj,njhw->nmhw", squares, own) + variance / b**2  # [Cov_i]_(m, m)
-        if spread:  # and each patch's squared estimate of pixel m, less the mean's square below
-            per_position += torch.einsum("jm,njhw->nmhw", model.filters, corrections) ** 2
+        own = torch.einsum("mj,njhw->nmhw", squares, own) + variance / b**2  # [Cov_i]_(m, m)
+        squared = torch.einsum("jm,njhw->nmhw", model.filters, corrections) ** 2  # each patch's correction of m
         size = x.shape[-2:]
-        total = F.fold(per_position.flatten(2), size, b) / counts
-        if spread:
-            total -= mean**2
-        return torch.cat([mean, total.clamp_min(0)], 1)
+        own, squared = (F.fold(part.flatten(2), size, b) / counts for part in (own, squared))
+        return torch.cat([mean, own.clamp_min(0), (squared - mean**2).clamp_min(0)], 1)
 
     maps = () if t.dim() == 0 else (F.pad(t, (0, b - 1, 0, b - 1)),)
     with torch.no_grad():
         result = tiled(moments, batch, b - 1, tile, maps, device)
-    return (batch + result[:, :1]).reshape(noisy.shape), result[:, 1:].reshape(noisy.shape)
+    return tuple(part.reshape(noisy.shape) for part in (batch + result[:, :1], result[:, 1:2], result[:, 2:]))
 
 
 HQS_ITERATIONS, HQS_START, HQS_END, HQS_DATA_WEIGHT = 6, 0.25, 1 / 128, 9.0  # tuned on BSDS400 crops
@@ -300,6 +298,31 @@ def psnr(estimate, clean) -> float:
     return float(10 * np.log10(1 / np.mean((np.clip(estimate, 0, 1) - clean) ** 2)))
 
 
+def ebpa_std(model: PatchGMDM, noisy: torch.Tensor, sigma, tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """EB-PA's estimate of one gray channel ``(H, W)`` at ``sigma`` (a number or a per-pixel map ``(H, W)``) and its
+    posterior std per pixel: the two parts of :func:`ebpa_posterior` combined by the model's uncertainty
+    calibration when its checkpoint carries one (:func:`gmdm_cli.calibration.calibrate_uncertainty`), else their
+    sum."""
+    levels = sigma
+    if torch.as_tensor(sigma).dim() > 0:
+        b, half = model.patch_size, model.patch_size // 2
+        levels = sigma[half:noisy.shape[0] - b + 1 + half, half:noisy.shape[1] - b + 1 + half][None, None]
+    estimate, own, spread = ebpa_posterior(model, noisy, levels, tile)
+    curve = model.metadata.get("uncertainty_calibration")
+    if not curve:
+        return estimate, (own + spread).sqrt()
+    import numpy as np
+
+    level = torch.as_tensor(sigma, dtype=own.dtype, device=own.device)
+    position = torch.log(level).cpu().numpy()
+    alpha, p, q = (torch.as_tensor(np.interp(position, np.log(curve["sigma"]), curve[key]), dtype=own.dtype,
+                                   device=own.device) for key in ("alpha", "own", "spread"))
+    variance2 = level**2
+    calibrated = variance2 * torch.exp(alpha) * (own / variance2).clamp_min(1e-12) ** p \
+        * (spread / variance2).clamp_min(1e-12) ** q
+    return estimate, calibrated.sqrt()
+
+
 def noise_level_problem(sigma, scale: float = 1.0) -> str | None:
     """What is wrong with noise levels ``sigma`` (a number or a map) on a scale whose top is ``scale`` (1: the
     [0, 1] scale; 255), or None: every level must lie in ``(0, scale]``."""
@@ -313,10 +336,15 @@ def noise_level_problem(sigma, scale: float = 1.0) -> str | None:
 
 
 def patch_denoise(model: PatchGMDM, noisy: torch.Tensor, sigma, method: str = "ebpa", iterations: int | None = None,
-                  boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
+                  boundary: str = "valid", tile: int | None = None, return_std: bool = False):
     """One gray channel ``(H, W)`` by :func:`ebpa` or :func:`hqs` (``iterations`` steps of :func:`hqs_schedule`,
     default ``HQS_ITERATIONS``) at ``sigma``: a number, or a per-pixel map ``(H, W)`` (every patch at the level of
-    its centre pixel, ``boundary="valid"``)."""
+    its centre pixel, ``boundary="valid"``). ``return_std``: also the posterior std (:func:`ebpa_std`; EB-PA with
+    ``boundary="valid"`` only)."""
+    if return_std:
+        if method != "ebpa" or boundary != "valid":
+            raise ValueError("the posterior std goes with EB-PA and boundary 'valid'")
+        return ebpa_std(model, noisy, sigma, tile)
     schedule = hqs_schedule(iterations or HQS_ITERATIONS)
     if torch.as_tensor(sigma).dim() > 0:
         if boundary != "valid":
@@ -330,7 +358,7 @@ def patch_denoise(model: PatchGMDM, noisy: torch.Tensor, sigma, method: str = "e
 
 
 def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str = "valid",
-                  tile: int | None = None, colour: str = "rgb", iterations: int | None = None):
+                  tile: int | None = None, colour: str = "rgb", iterations: int | None = None, return_std: bool = False):
     """Denoise a numpy image on the [0, 1] scale at noise level ``sigma`` (same scale), with any kind of model
     (:meth:`gmdm_cli.kinds.GMDM.denoise`).
 
@@ -344,12 +372,13 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
     models). The image stays in host memory; tiles (``tile``, see :func:`tweedie_average`) run on the model's
     device. A band (conv) model (:mod:`gmdm_cli.band_model`) mirrors the borders itself and works on whole
     images (``boundary`` and ``tile`` do not apply; a map sets the level of every lattice cell, see
-    :func:`~gmdm_cli.band_model.band_denoise`). Returns float64 numpy, unclipped.
+    :func:`~gmdm_cli.band_model.band_denoise`). Returns float64 numpy, unclipped; with ``return_std`` also the
+    posterior std of every pixel (:func:`ebpa_std`; ``(H, W)`` or ``(H, W, 3)``, no alpha).
     """
     import numpy as np
 
-    from .colour import from_channels, noise_gains, to_channels
-    from .image_io import join_alpha, split_alpha
+    from .colour import noise_gains, to_channels
+    from .image_io import split_alpha
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
@@ -365,14 +394,28 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
     maps = None if np.ndim(sigma) == 0 else _channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
     dtype = model.logits.dtype
     with torch.no_grad():
-        result = np.stack([model.denoise(torch.as_tensor(channels[..., k], dtype=dtype),
-                                         sigma * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype),
-                                         method, iterations, boundary, tile).double().cpu().numpy()
-                           for k in range(len(gains))], -1)
+        parts = [model.denoise(torch.as_tensor(channels[..., k], dtype=dtype),
+                               sigma * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype),
+                               method, iterations, boundary, tile, return_std) for k in range(len(gains))]
+    return _assembled([part if return_std else (part,) for part in parts], gray, colour, alpha, return_std)
+
+
+def _assembled(parts, gray: bool, colour: str, alpha, return_std: bool):
+    """:func:`denoise_array`'s result from its channels' ``(estimate[, std])`` tensors: back in RGB, alpha
+    joined, and the std of each RGB channel."""
+    import numpy as np
+
+    from .colour import from_channel_variances, from_channels
+    from .image_io import join_alpha
+
+    result = np.stack([part[0].double().cpu().numpy() for part in parts], -1)
     output = result[..., 0] if gray else from_channels(result, colour)
     if not np.all(np.isfinite(output)):
         raise ValueError("the result is not finite (the image's values are too far outside [0, 1])")
-    return join_alpha(output, alpha)
+    if not return_std:
+        return join_alpha(output, alpha)
+    stds = np.stack([part[1].double().cpu().numpy() for part in parts], -1)
+    return join_alpha(output, alpha), stds[..., 0] if gray else np.sqrt(from_channel_variances(stds**2, colour))
 
 
 def _channel_maps(sigma, image, colour: str):

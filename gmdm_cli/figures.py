@@ -12,7 +12,7 @@ import numpy as np
 from .image_io import ImageError, shown, write_figure, write_image
 
 
-def write_levels(path: Path, levels, overwrite: bool = True) -> str | None:
+def write_levels(path: Path, levels, overwrite: bool = True, label: str = "noise sigma (0-255)") -> str | None:
     """Per-pixel noise levels (0-255 units, ``(H, W)`` or ``(H, W, 3)``): a colour-mapped picture with a scale
     bar for ``.png`` (the channels of a colour map side by side), float32 values otherwise. Returns a note for the
     user when the picture had to be plain gray levels (no matplotlib)."""
@@ -22,7 +22,7 @@ def write_levels(path: Path, levels, overwrite: bool = True) -> str | None:
     if levels.ndim == 3:
         gap = np.full((levels.shape[0], max(2, levels.shape[1] // 50)), np.nan)
         levels = np.concatenate([part for k in range(3) for part in (levels[..., k], gap)][:-1], 1)
-    return write_map_picture(path, levels, overwrite)
+    return write_map_picture(path, levels, overwrite, label)
 
 
 def pyplot():
@@ -65,20 +65,20 @@ def write_nlf_plot(path: Path, estimates, overwrite: bool = True) -> None:
         plt.close(figure)
 
 
-def write_map_picture(path: Path, sigma_map, overwrite: bool = True) -> str | None:
+def write_map_picture(path: Path, sigma_map, overwrite: bool = True, label: str = "noise sigma (0-255)") -> str | None:
     """A noise map (0-255 units; NaN: a gap) as a colour picture with a labelled scale bar (matplotlib), or as
     8-bit gray levels scaled to its maximum when matplotlib is not installed (a note says the scale)."""
     plt = pyplot()
     if plt is None:
         top = max(float(np.nanmax(sigma_map)), 1e-12)
         write_image(path, np.nan_to_num(sigma_map / top), overwrite=overwrite)
-        return (f"{shown(path)}: gray levels 0-255 stand for sigma 0-{top:.1f} (install 'gmdm-cli[plots]' for a "
+        return (f"{shown(path)}: gray levels 0-255 stand for {label.split(' (')[0]} 0-{top:.1f} (install 'gmdm-cli[plots]' for a "
                 f"colour map with a scale bar)")
     height, width = sigma_map.shape
     figure, axis = plt.subplots(figsize=(max(3.0, width / 100 + 1.2), max(2.0, height / 100)), dpi=100)
     picture = axis.imshow(np.ma.masked_invalid(sigma_map), cmap="viridis")
     axis.set_axis_off()
-    figure.colorbar(picture, ax=axis, label="noise sigma (0-255)")
+    figure.colorbar(picture, ax=axis, label=label)
     try:
         write_figure(path, figure, overwrite, bbox_inches="tight")
     finally:

@@ -49,8 +49,10 @@ class GMDM(Protocol):
     def tweedie_correction(self, images, t):
         """The whole-image Tweedie correction ``xhat(x, t) - x`` of ``(N, 1, H, W)`` images at time ``t``."""
 
-    def denoise(self, noisy, sigma, method: str, iterations: int | None, boundary: str, tile: int | None):
-        """One gray channel ``(H, W)`` (a tensor) denoised at ``sigma``: a number, or a per-pixel map ``(H, W)``."""
+    def denoise(self, noisy, sigma, method: str, iterations: int | None, boundary: str, tile: int | None,
+                return_std: bool = False):
+        """One gray channel ``(H, W)`` (a tensor) denoised at ``sigma``: a number, or a per-pixel map ``(H, W)``;
+        with ``return_std`` also its posterior std per pixel (a ``ValueError`` where the kind has none)."""
 
     def checkpoint_fields(self) -> dict:
         """The tensors and the shape metadata a checkpoint stores for it."""

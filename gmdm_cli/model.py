@@ -156,11 +156,11 @@ class PatchGMDM(MixtureExperts):
         return tweedie_average(self, images, t)
 
     def denoise(self, noisy: torch.Tensor, sigma, method: str, iterations: int | None = None,
-                boundary: str = "valid", tile: int | None = None) -> torch.Tensor:
-        """EB-PA or HQS (:func:`gmdm_cli.denoisers.patch_denoise`)."""
+                boundary: str = "valid", tile: int | None = None, return_std: bool = False):
+        """EB-PA or HQS (:func:`gmdm_cli.denoisers.patch_denoise`), with ``return_std`` also the posterior std."""
         from .denoisers import patch_denoise
 
-        return patch_denoise(self, noisy, sigma, method, iterations, boundary, tile)
+        return patch_denoise(self, noisy, sigma, method, iterations, boundary, tile, return_std)
 
     def checkpoint_fields(self) -> dict:
         return {"filters": self.filters.detach().cpu().clone(), "logits": self.logits.detach().cpu().clone(),

@@ -418,6 +418,11 @@ def run_training(config: TrainingConfig, image_dirs, output: Path, device="cpu",
     recent, elapsed = _train_loop(trainer, save, elapsed, checkpoint_every, progress and rank == 0,
                                   log_path if rank == 0 else None)
     final_loss = save(recent, elapsed)
+    if world_size > 1:  # leave the process group before exit: its threads must not outlive the interpreter
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return {"steps": trainer.step, "final_loss": final_loss, "loss_window": len(recent),
             "wall_seconds": elapsed, "device": metadata["device"], "rank": rank, "exact_resume": exact_resume}
 

@@ -407,6 +407,8 @@ def _checkpoint(tmp_path, change) -> str:
      "'experts' must list expert numbers from 0 to 7"),
     (lambda p: p["metadata"].update(noise_calibration="flat"), "noise_calibration must be a dictionary"),
     (lambda p: p["training"].pop("config"), "training state has no training configuration (use --init to"),
+    (lambda p: p["metadata"].update(uncertainty_calibration={"sigma": [0.1, 0.05], "alpha": [0, 0], "own": [1, 1],
+                                                             "spread": [0, 0]}), "uncertainty calibration needs"),
     (lambda p: p.update(filters=p["filters"].int()), "'filters' must be a float tensor"),
 ])
 def test_checkpoint_fields_are_validated_on_load(tmp_path, monkeypatch, camera, change, message):

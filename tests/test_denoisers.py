@@ -161,10 +161,10 @@ def test_ebpa_posterior_variance_is_tweedies_second_order_pooled_over_patches():
     sigma = 0.1
     mean, own, pooled = _pooled_patch_posteriors(model, image, sigma)
     levels = torch.full((1, 1, 5, 4), sigma, dtype=torch.float64)  # a map: the exact experts
-    estimate, variance = ebpa_posterior(model, image, levels, tile=0)
-    assert torch.allclose(estimate, mean, atol=1e-12) and torch.allclose(variance, pooled, atol=1e-12)
-    assert torch.allclose(ebpa_posterior(model, image, levels, spread=False, tile=0)[1], own, atol=1e-12)
-    tabulated = ebpa_posterior(model, image, sigma, tile=4)[1]  # one sigma: tables, in tiles
+    estimate, own_part, spread_part = ebpa_posterior(model, image, levels, tile=0)
+    assert torch.allclose(estimate, mean, atol=1e-12) and torch.allclose(own_part, own, atol=1e-12)
+    assert torch.allclose(own_part + spread_part, pooled, atol=1e-12)
+    tabulated = sum(ebpa_posterior(model, image, sigma, tile=4)[1:])  # one sigma: tables, in tiles
     assert torch.allclose(tabulated, pooled, rtol=1e-4, atol=1e-9)
 
 
@@ -179,6 +179,7 @@ def test_ebpa_posterior_variance_matches_the_error_of_exact_prior_draws():
     sigma = 0.1
     clean = sample_patches(model, 20000, 0.0, generator)
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
-    estimate, variance = ebpa_posterior(model, noisy[:, None], sigma, tile=0)
+    estimate, variance, spread = ebpa_posterior(model, noisy[:, None], sigma, tile=0)
+    assert float(spread.abs().max()) < 1e-12  # one patch: nothing to disagree with
     ratio = ((estimate[:, 0] - clean) ** 2).mean(0) / variance[:, 0].mean(0)
     assert float((ratio - 1).abs().max()) < 0.05  # 20 000 draws: about 1 % standard error per pixel
