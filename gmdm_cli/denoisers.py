@@ -191,36 +191,56 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
 
         ``v(n) = (1/C) sum_i [Cov_i]_(m, m) + (1/C) sum_i (m_i(n) - xhat(n))^2``,
 
-    the mean of the patches' own variances plus their disagreement (the two parts returned). Both sums
-    are transposed convolutions: of ``sigma_i^2 (1 / ||k_j||^2 + sigma_i^2 h_j)`` with the squared filters, and of
-    each patch's squared correction ``(sum_j k_j sigma_i^2 s_ij)^2`` put back in place. Experts from tables for one
-    ``sigma``, exact for maps; in tiles like :func:`tweedie_average`.
+    the mean of the patches' own variances plus their disagreement (the two parts returned). Per patch position
+    the diagonal (the squared filters against the curvatures) and the correction ``sum_j k_j sigma_i^2 s_ij`` are
+    two small matrix products; the corrections, the diagonals and the squared corrections are put back in place
+    by one fold (col2im). Experts from tables for one ``sigma``, exact for maps; in tiles like
+    :func:`tweedie_average`, strips of rows on the CPU's threads within a tile.
     """
     batch, sigma, _ = _prepare(model, noisy, sigma, "valid")
     b, device = model.patch_size, model.filters.device
     t = time_from_sigma(sigma)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
-    def moments(x: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
-        z = image_responses(model, x)
-        if maps:
-            times = maps[0][..., :z.shape[-2], :z.shape[-1]]
+    squares = model.filters.pow(2).T.contiguous()  # (a, J): k_j[m]^2
+    flat = (1 / b**2 + squares @ (1 / model.filter_norms2())).view(1, -1, 1, 1)  # (1, a, 1, 1)
+
+    def strip_sums(strip: torch.Tensor, times: torch.Tensor, table: ExpertTable | None) -> torch.Tensor:
+        """``sum_i P_i^T`` of the corrections, of the own variances and of the squared corrections of the patches
+        of one strip of rows, ``(N, 3, rows + b - 1, W)``: one fold (col2im) of the three per-position maps."""
+        z = image_responses(model, strip)
+        if table is None:
             scores, curvatures = expert_score(model, z, times), expert_curvature(model, z, times)
         else:
-            times = t.to(x.device)
-            table = expert_table(model, float(times))
             scores, curvatures = table.score(z), table.curvature(z)
         variance = 2 * times * torch.ones_like(z[:, :1])  # sigma_i^2 of every patch, (N, 1, h, w)
-        counts = patch_counts(model, x)
-        corrections = scores * variance  # sigma_i^2 s_ij
-        mean = patch_sum(model, corrections) / counts
-        own = variance * (1 / model.filter_norms2().view(1, -1, 1, 1) + variance * curvatures)
-        squares = model.filters.pow(2).T.contiguous()  # (a, J): k_j[m]^2
-        own = torch.einsum("mj,njhw->nmhw", squares, own) + variance / b**2  # [Cov_i]_(m, m)
-        squared = torch.einsum("jm,njhw->nmhw", model.filters, corrections) ** 2  # each patch's correction of m
-        size = x.shape[-2:]
-        own, squared = (F.fold(part.flatten(2), size, b) / counts for part in (own, squared))
-        return torch.cat([mean, own.clamp_min(0), (squared - mean**2).clamp_min(0)], 1)
+        # [Cov_i]_(m, m) = sigma_i^2 (1/a + sum_j k_j[m]^2 / ||k_j||^2) + sigma_i^4 sum_j k_j[m]^2 h_ij
+        own = variance * flat + variance**2 * torch.einsum("mj,njhw->nmhw", squares, curvatures)
+        placed = variance * torch.einsum("jm,njhw->nmhw", model.filters, scores)  # each patch's correction of m
+        parts = torch.stack([placed, own, placed**2], 1).flatten(1, 2).flatten(2)  # (N, 3a, h w)
+        return F.fold(parts, strip.shape[-2:], b)
+
+    def moments(x: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        """The estimate's correction and the two variance parts of a tile, its strips' sums added up (blocks of
+        strips on the CPU's threads, each into its own buffer)."""
+        table = None if maps else expert_table(model, float(t))
+        if table is not None:  # tabulate the curvatures now, before the worker threads share the table
+            table.curvature(x.new_zeros(1, model.num_filters, 1, 1))
+
+        def block_sums(block) -> tuple[int, torch.Tensor]:
+            first = block[0][0]
+            summed = x.new_zeros(x.shape[0], 3, block[-1][1] - first + b - 1, x.shape[-1])
+            for top, bottom, strip in block:
+                times = maps[0][..., top:bottom, :x.shape[-1] - b + 1] if maps else t.to(x.device)
+                summed[..., top - first:bottom - first + b - 1, :] += strip_sums(strip, times, table)
+            return first, summed
+
+        total = x.new_zeros(x.shape[0], 3, *x.shape[-2:])
+        for first, part in map_strip_blocks(model, x, block_sums):
+            total[..., first:first + part.shape[-2], :] += part
+        total /= patch_counts(model, x)
+        mean = total[:, :1]
+        return torch.cat([mean, total[:, 1:2].clamp_min(0), (total[:, 2:] - mean**2).clamp_min(0)], 1)
 
     maps = () if t.dim() == 0 else (F.pad(t, (0, b - 1, 0, b - 1)),)
     with torch.no_grad():
