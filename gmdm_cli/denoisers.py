@@ -212,7 +212,7 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
         if table is None:
             scores, curvatures = expert_score(model, z, times), expert_curvature(model, z, times)
         else:
-            scores, curvatures = table.score(z), table.curvature(z)
+            scores, curvatures = table.score_and_curvature(z)
         variance = 2 * times * torch.ones_like(z[:, :1])  # sigma_i^2 of every patch, (N, 1, h, w)
         # [Cov_i]_(m, m) = sigma_i^2 (1/a + sum_j k_j[m]^2 / ||k_j||^2) + sigma_i^4 sum_j k_j[m]^2 h_ij
         own = variance * flat + variance**2 * torch.einsum("mj,njhw->nmhw", squares, curvatures)
