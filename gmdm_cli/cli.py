@@ -469,7 +469,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     Exit status: 0 all inputs done, 1 some failed (the others are still written), 2 usage error.
     """
     import gmdm_cli
-    from .image_io import check_output_format, encode_image, write_image
+    from .image_io import channel_count, check_output_format, encode_image, write_image
 
     side = {"--noise-map": noise_map_path, "--uncertainty": uncertainty_path}
     targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side,
@@ -487,7 +487,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
 
     def one(path: Path, target: Path, image, info) -> tuple[dict, str]:
         started = time.perf_counter()
-        check_output_format(f"<stdout>{extension}" if to_stdout else target, _channels(image))
+        check_output_format(f"<stdout>{extension}" if to_stdout else target, channel_count(image))
         fields = {}
         done = gmdm_cli.denoise(image, level, method, model, blind, boundary, colour, tile, iterations, noise_model,
                                 return_noise=True, return_std=uncertainty_path is not None)
@@ -589,10 +589,6 @@ def _run_batch(inputs, work_targets, work, quiet: bool, as_json: bool, max_pixel
             report.info(line)
         report.advance()
     report.finish()
-
-
-def _channels(image) -> int:
-    return 1 if image.ndim == 2 else image.shape[2]
 
 
 def _check_format(path: Path | None, option: str, allowed=None) -> None:
@@ -846,6 +842,7 @@ def estimate_noise(inputs, model_name, noise_map, nlf, plot_path, noise_model, o
                 + (f" (maps: {shown(targets[0])}, {shown(targets[1])})" if targets else ""))
         return record, "\n".join([line, *(_nlf_lines(estimates) if nlf else [])])
 
+    # an input's maps are both what it writes and what must not exist yet
     _run_batch(inputs, zip(maps, maps), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=True)
 
 

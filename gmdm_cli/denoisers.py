@@ -225,7 +225,7 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
         strips on the CPU's threads, each into its own buffer)."""
         table = None if maps else expert_table(model, float(t))
         if table is not None:  # tabulate the curvatures now, before the worker threads share the table
-            table.curvature(x.new_zeros(1, model.num_filters, 1, 1))
+            table.curvature_table()
 
         def block_sums(block) -> tuple[int, torch.Tensor]:
             first = block[0][0]
@@ -323,11 +323,7 @@ def ebpa_std(model: PatchGMDM, noisy: torch.Tensor, sigma, tile: int | None = No
     posterior std per pixel: the two parts of :func:`ebpa_posterior` combined by the model's uncertainty
     calibration when its checkpoint carries one (:func:`gmdm_cli.calibration.calibrate_uncertainty`), else their
     sum."""
-    levels = sigma
-    if torch.as_tensor(sigma).dim() > 0:
-        b, half = model.patch_size, model.patch_size // 2
-        levels = sigma[half:noisy.shape[0] - b + 1 + half, half:noisy.shape[1] - b + 1 + half][None, None]
-    estimate, own, spread = ebpa_posterior(model, noisy, levels, tile)
+    estimate, own, spread = ebpa_posterior(model, noisy, _patch_levels(model, noisy, sigma), tile)
     curve = model.metadata.get("uncertainty_calibration")
     if not curve:
         return estimate, (own + spread).sqrt()
@@ -341,6 +337,15 @@ def ebpa_std(model: PatchGMDM, noisy: torch.Tensor, sigma, tile: int | None = No
     calibrated = variance2 * torch.exp(alpha) * (own / variance2).clamp_min(1e-12) ** p \
         * (spread / variance2).clamp_min(1e-12) ** q
     return estimate, calibrated.sqrt()
+
+
+def _patch_levels(model: PatchGMDM, noisy: torch.Tensor, sigma):
+    """A per-pixel map ``(H, W)`` as the level of every patch, ``(1, 1, H-b+1, W-b+1)``: that of its centre pixel;
+    a single level as it is."""
+    if torch.as_tensor(sigma).dim() == 0:
+        return sigma
+    b, half = model.patch_size, model.patch_size // 2
+    return sigma[half:noisy.shape[0] - b + 1 + half, half:noisy.shape[1] - b + 1 + half][None, None]
 
 
 def noise_level_problem(sigma, scale: float = 1.0) -> str | None:
@@ -366,12 +371,9 @@ def patch_denoise(model: PatchGMDM, noisy: torch.Tensor, sigma, method: str = "e
             raise ValueError("the posterior std goes with EB-PA and boundary 'valid'")
         return ebpa_std(model, noisy, sigma, tile)
     schedule = hqs_schedule(iterations or HQS_ITERATIONS)
-    if torch.as_tensor(sigma).dim() > 0:
-        if boundary != "valid":
-            raise ValueError("a per-pixel noise map works with boundary 'valid'")
-        b, half = model.patch_size, model.patch_size // 2
-        rows, columns = noisy.shape[0] - b + 1, noisy.shape[1] - b + 1
-        sigma = sigma[half:half + rows, half:half + columns][None, None]
+    if torch.as_tensor(sigma).dim() > 0 and boundary != "valid":
+        raise ValueError("a per-pixel noise map works with boundary 'valid'")
+    sigma = _patch_levels(model, noisy, sigma)
     if method == "ebpa":
         return ebpa(model, noisy, sigma, boundary, tile=tile)
     return hqs(model, noisy, sigma, schedule, boundary=boundary, tile=tile)

@@ -397,7 +397,8 @@ def check_output_format(path: str | os.PathLike, channels: int | None = None) ->
     return extension
 
 
-def _channels(image: np.ndarray) -> int:
+def channel_count(image: np.ndarray) -> int:
+    """Samples per pixel: 1 for a gray ``(H, W)`` image, else the last dimension."""
     return 1 if np.ndim(image) == 2 else int(np.shape(image)[2])
 
 
@@ -417,7 +418,7 @@ def encode_image(image: np.ndarray, extension: str, dtype: np.dtype | None = Non
     """``image`` encoded in memory as a file of format ``extension`` (``name`` in messages), like
     :func:`write_image`."""
     extension = extension.lower()
-    problem = _format_problem(extension, _channels(image))
+    problem = _format_problem(extension, channel_count(image))
     if problem:
         raise _error(name, problem)
     try:

@@ -129,14 +129,14 @@ class ExpertTable:
 
     def curvature(self, z: torch.Tensor) -> torch.Tensor:
         """``d^2/dz^2 log psi_j(z, t)``, tabulated on first use: exact values on the table's points, read linearly."""
-        return self._lookup({2: self._curvature_table()}, z)[0]
+        return self._lookup({2: self.curvature_table()}, z)[0]
 
     def score_and_curvature(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`score` and :meth:`curvature` at once (the position on the grid found once)."""
-        return tuple(self._lookup({1: self.scores, 2: self._curvature_table()}, z))
+        return tuple(self._lookup({1: self.scores, 2: self.curvature_table()}, z))
 
-    def _curvature_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The curvatures' table, built on first use (exact values on the table's points)."""
+    def curvature_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The curvatures' table (values and steps), built on first use (exact values on the table's points)."""
         if self.curvatures is None:
             points = torch.arange(self.points, dtype=torch.float64, device=self.low.device)
             grid = self.low[:, None] + (self.high - self.low)[:, None] * points / (self.points - 1)  # (J, G)
