@@ -93,11 +93,12 @@ def sample_image(model: GMDM, height: int, width: int, count: int = 1,
         return x + schedule[-1] ** 2 * averaged_score(x, schedule[-1])
 
 
-IMAGE_BYTES_PER_PIXEL = 220
-IMAGE_BYTES_FIXED = 2**29
-"""Memory of :func:`sample_image`: measured as the peak resident memory (7x7 model, CPU) of one and of eight
-512x512 images, about 500 MiB and 880 MiB: a fixed part (the tiles of filter responses) and 220 bytes per pixel
-of every image (the images, their noise, scores and averaging weights, float32)."""
+IMAGE_BYTES_PER_PIXEL = 3072
+IMAGE_BYTES_FIXED = 2**30
+"""Memory of :func:`sample_image`: an upper envelope of its peak resident memory (7x7 model, CPU, 2 threads)
+measured for 256x256 x 1 and 8 images (0.78, 2.21 GiB), 512x512 x 1, 2 and 4 (1.58, 2.25, 2.28 GiB) and 1024x1024
+x 1 (1.48 GiB): 1 GiB and 3 KiB per pixel of every image. Peaks do not grow in proportion (tiles bound the
+responses; the allocator keeps memory per thread), so it over-estimates large images."""
 
 
 def sample_memory(count: int, height: int, width: int) -> int:
