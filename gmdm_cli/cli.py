@@ -441,6 +441,11 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @click.option("--noise-map", "noise_map_path", type=click.Path(dir_okay=False, path_type=Path),
               help="With --blind (one input): also save the estimated levels here (.tif or .npy: float32, "
                    "0-255 units; .png: a colour-mapped picture with a scale bar).")
+@click.option("--samples", type=click.IntRange(1, 1000),
+              help="One input, with --output-dir: also draw N samples of the posterior (plausible clean images under "
+                   "the model, by annealed Langevin; about 36 EB-PA passes each) and write them there as "
+                   "NAME-sample-K (K from 1). Their mean tends to the denoised image, their spread is the uncertainty.")
+@_seed_option("Seed of --samples (sample K of a gray image from seed + K - 1).")
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
 @click.option("--iterations", type=click.IntRange(1, 100),
@@ -461,8 +466,8 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
 @_quiet
 @_overwrite_option
 def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, uncertainty_path,
-            noise_map_path, method, iterations, boundary, colour, model_name, device, tile, max_pixels, as_json, quiet,
-            overwrite):
+            noise_map_path, samples, seed, method, iterations, boundary, colour, model_name, device, tile, max_pixels,
+            as_json, quiet, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) corrupted by Gaussian noise.
 
     Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
@@ -470,10 +475,12 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     """
     import gmdm_cli
     from .image_io import channel_count, check_output_format, encode_image, write_image
+    from .sampling import SAMPLE_LEVELS
 
     side = {"--noise-map": noise_map_path, "--uncertainty": uncertainty_path}
     targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side,
                                method, iterations, noise_model, as_json)
+    drawn = _sample_targets(targets[0], samples, output_dir, len(inputs))
     level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None if blind else sigma / 255
     read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
     for path in side.values():
@@ -496,6 +503,16 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         if uncertainty_path is not None:
             _write_levels_noted(uncertainty_path, 255 * done.std, overwrite, "posterior std (0-255)")
             fields["uncertainty"], fields["std_mean"] = str(uncertainty_path), round(255 * float(done.std.mean()), 3)
+        if drawn:
+            channels = 1 if image.ndim == 2 or image.shape[2] == 2 else 3
+            with _progress("posterior samples", samples * channels * SAMPLE_LEVELS) as advance:
+                draws = gmdm_cli.posterior_samples(image, samples, done.sigma, model, colour=colour, seed=seed,
+                                                   progress=advance)
+            for file, draw in zip(drawn, draws):
+                write_image(file, draw, dtype=info.dtype, overwrite=overwrite)
+            fields["samples"] = [str(file) for file in drawn]
+            if samples > 1:
+                fields["samples_spread_mean"] = round(255 * float(draws.std(0, ddof=1).mean()), 3)
         if to_stdout:
             _write_stdout(encode_image(done.image, extension, info.dtype))
         else:
@@ -506,8 +523,18 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         return ({"output": str(target), "method": method, "model": model_name, "seconds": round(seconds, 3), **fields},
                 f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
 
-    checked = [[] if to_stdout else [target] for target in targets]
+    checked = [[] if to_stdout else [target, *drawn] for target in targets]
     _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
+
+
+def _sample_targets(target: Path, samples: int | None, output_dir: Path | None, count: int) -> list[Path]:
+    """The files of ``denoise --samples`` beside the result ``target`` (``NAME-sample-K``), or none."""
+    if samples is None:
+        return []
+    if output_dir is None or count > 1:
+        raise click.UsageError("--samples goes with --output-dir and a single input")
+    digits = len(str(samples))
+    return [target.with_name(f"{target.stem}-sample-{k:0{digits}d}{target.suffix}") for k in range(1, samples + 1)]
 
 
 def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side: dict, method,

@@ -203,7 +203,7 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
     squares = model.filters.pow(2).T.contiguous()  # (a, J): k_j[m]^2
-    flat = (1 / b**2 + squares @ (1 / model.filter_norms2())).view(1, -1, 1, 1)  # (1, a, 1, 1)
+    flat = 1 / b**2 + squares @ (1 / model.filter_norms2())  # (a,)
 
     def strip_sums(strip: torch.Tensor, times: torch.Tensor, table: ExpertTable | None) -> torch.Tensor:
         """``sum_i P_i^T`` of the corrections, of the own variances and of the squared corrections of the patches
@@ -213,12 +213,23 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
             scores, curvatures = expert_score(model, z, times), expert_curvature(model, z, times)
         else:
             scores, curvatures = table.score_and_curvature(z)
-        variance = 2 * times * torch.ones_like(z[:, :1])  # sigma_i^2 of every patch, (N, 1, h, w)
-        # [Cov_i]_(m, m) = sigma_i^2 (1/a + sum_j k_j[m]^2 / ||k_j||^2) + sigma_i^4 sum_j k_j[m]^2 h_ij
-        own = variance * flat + variance**2 * torch.einsum("mj,njhw->nmhw", squares, curvatures)
-        placed = variance * torch.einsum("jm,njhw->nmhw", model.filters, scores)  # each patch's correction of m
-        parts = torch.stack([placed, own, placed**2], 1).flatten(1, 2).flatten(2)  # (N, 3a, h w)
-        return F.fold(parts, strip.shape[-2:], b)
+        count, sites = z.shape[0], z.shape[2] * z.shape[3]
+        variance = (2 * times).expand(count, 1, *z.shape[2:]).reshape(count, sites)  # sigma_i^2 of every patch
+        parts = z.new_empty(count, 3, b * b, sites)  # written in place: no temporaries, no concatenation
+        for n in range(count):
+            # per patch and position m: the correction sigma_i^2 sum_j k_j[m] s_ij, and the own variance
+            # [Cov_i]_(m, m) = sigma_i^2 (1/a + sum_j k_j[m]^2 / ||k_j||^2) + sigma_i^4 sum_j k_j[m]^2 h_ij
+            torch.matmul(model.filters.T, scores[n].reshape(-1, sites), out=parts[n, 0])
+            torch.matmul(squares, curvatures[n].reshape(-1, sites), out=parts[n, 1])
+            parts[n, 1].addr_(flat, variance[n].reciprocal())
+            if times.dim():
+                parts[n, 0].mul_(variance[n])
+                parts[n, 1].mul_(variance[n] ** 2)
+        torch.mul(parts[:, 0], parts[:, 0], out=parts[:, 2])
+        sums = F.fold(parts.view(count, -1, sites), strip.shape[-2:], b)
+        if not times.dim():  # one level: scaled after the fold, on 3 channels instead of 3a
+            sums.mul_(torch.stack([2 * times, (2 * times) ** 2, (2 * times) ** 2]).view(1, 3, 1, 1))
+        return sums
 
     def moments(x: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
         """The estimate's correction and the two variance parts of a tile, its strips' sums added up (blocks of
@@ -397,13 +408,25 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
     :func:`~gmdm_cli.band_model.band_denoise`). Returns float64 numpy, unclipped; with ``return_std`` also the
     posterior std of every pixel (:func:`ebpa_std`; ``(H, W)`` or ``(H, W, 3)``, no alpha).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    channels, levels, gray, alpha = channel_inputs(model, image, sigma, colour)
+    with torch.no_grad():
+        parts = [model.denoise(channel, level, method, iterations, boundary, tile, return_std)
+                 for channel, level in zip(channels, levels)]
+    return _assembled([part if return_std else (part,) for part in parts], gray, colour, alpha, return_std)
+
+
+def channel_inputs(model: GMDM, image, sigma, colour: str):
+    """What the gray prior works on for a numpy image on the [0, 1] scale with noise levels ``sigma`` (a number or a
+    map, as :func:`denoise_array` takes them): its channels as tensors ``(H, W)`` in ``model``'s dtype (gray: one;
+    colour: those of ``colour``), the noise level of each (a number or a map tensor ``(H, W)``), whether it is gray,
+    and its alpha channel (or None)."""
     import numpy as np
 
     from .colour import noise_gains, to_channels
     from .image_io import split_alpha
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     problem = noise_level_problem(sigma)
     if problem:
         raise ValueError(f"noise levels {problem}")
@@ -415,11 +438,9 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
         sigma = float(np.asarray(sigma).flat[0])  # a constant map is one level (one table, not a ladder)
     maps = None if np.ndim(sigma) == 0 else _channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
     dtype = model.logits.dtype
-    with torch.no_grad():
-        parts = [model.denoise(torch.as_tensor(channels[..., k], dtype=dtype),
-                               sigma * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype),
-                               method, iterations, boundary, tile, return_std) for k in range(len(gains))]
-    return _assembled([part if return_std else (part,) for part in parts], gray, colour, alpha, return_std)
+    levels = [float(sigma) * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype)
+              for k in range(len(gains))]
+    return [torch.as_tensor(channels[..., k], dtype=dtype) for k in range(len(gains))], levels, gray, alpha
 
 
 def _assembled(parts, gray: bool, colour: str, alpha, return_std: bool):

@@ -13,6 +13,11 @@ level with step size ``eps = delta sigma^2``:
     x <- x + eps s(x, t) + sqrt(2 eps) xi,      xi ~ N(0, Id),
 
 followed by one Tweedie step at the last level (the denoised end point).
+
+Posterior samples of a noisy image (:func:`posterior_samples`) run the same dynamics on the posterior of the
+less noisy image ``x_tau`` given ``y = x + sigma n``, ``p(x_tau | y) ~ f(x_tau, tau^2/2) N(y; x_tau, (sigma^2 -
+tau^2) Id)`` (``y`` is ``x_tau`` with independent noise of variance ``sigma^2 - tau^2`` added), annealed from
+``tau = sigma`` down to a small ``tau``.
 """
 
 from __future__ import annotations
@@ -136,3 +141,74 @@ def _enlarged(picture):
 
     zoom = max(1, 512 // max(picture.shape))
     return np.kron(picture, np.ones((zoom, zoom)))
+
+
+SAMPLE_LEVELS, SAMPLE_STEPS, SAMPLE_DELTA, SAMPLE_END = 12, 3, 0.5, 0.05  # tuned on BSDS400 crops (benchmarks/uncertainty.py)
+
+
+def posterior_samples(model: GMDM, noisy: torch.Tensor, sigma, count: int, seed: int = 0,
+                      levels: int = SAMPLE_LEVELS, steps: int = SAMPLE_STEPS, delta: float = SAMPLE_DELTA,
+                      end: float = SAMPLE_END, progress=None) -> torch.Tensor:
+    """``count`` samples ``(count, H, W)`` of the posterior ``p(x | y)`` of one gray channel ``y`` ``(H, W)`` with
+    Gaussian noise of level ``sigma`` (a number; with a patch model also a per-pixel map ``(H, W)``), by annealed
+    Langevin dynamics on ``p(x_tau | y)`` (module docstring), with the patch-averaged score as the prior's.
+
+    The levels are ``tau_k = r_k sigma``, ``r_k = end^(k/levels)`` for ``k = 1..levels``, each with ``steps`` updates
+    of step size ``eps = delta r^2 (1 - r^2) sigma^2`` (``delta`` times the harmonic mean of the prior's scale
+    ``tau^2`` and the likelihood's ``sigma^2 - tau^2``), which makes the update
+
+        ``x <- x + delta [(1 - r^2) c(x, tau) + r^2 (y - x)] + sqrt(2 eps) xi``,
+
+    ``c(x, tau) = tau^2 s(x, tau^2 / 2)`` the patch-averaged Tweedie correction; with a map, every patch at the level
+    of its centre pixel (as EB-PA) and the likelihood and noise pixel by pixel. Starts at ``y`` (a draw of
+    ``x_sigma``) and ends with one Tweedie step at the last level. Sample ``k`` is drawn from the generator seeded
+    ``seed`` + ``k``, so it does not depend on ``count``. ``progress``: called with no arguments after every level
+    of every sample. Their mean tends to the posterior mean as ``count`` grows (its squared error exceeds that
+    of the posterior mean by the average posterior variance over ``count``); their spread is the posterior std.
+    """
+    from .denoisers import _patch_levels
+
+    device, dtype = model.logits.device, model.logits.dtype
+    y = noisy.to(device, dtype)
+    level = torch.as_tensor(sigma, dtype=dtype, device=device)
+    if level.dim() > 0 and model.kind != "patch":
+        raise ValueError(f"posterior samples with a noise map need a patch model, not a {model.kind} model")
+    patch_level = level if level.dim() == 0 else _patch_levels(model, y, level)
+    ratios = [end ** (k / levels) for k in range(1, levels + 1)]
+    samples = []
+    with torch.no_grad():
+        for k in range(count):
+            generator = torch.Generator(device=device).manual_seed(seed + k)
+            x = y[None, None].clone()
+            for r in ratios:
+                t = time_from_sigma(r * patch_level)
+                noise_scale = math.sqrt(2 * delta * r**2 * (1 - r**2)) * level
+                for _ in range(steps):
+                    drift = (1 - r**2) * model.tweedie_correction(x, t) + r**2 * (y - x)
+                    x = x + delta * drift + noise_scale * torch.randn(x.shape, generator=generator, device=device,
+                                                                      dtype=dtype)
+                if progress is not None:
+                    progress()
+            samples.append((x + model.tweedie_correction(x, time_from_sigma(ratios[-1] * patch_level)))[0, 0])
+    return torch.stack(samples)
+
+
+def posterior_samples_array(model: GMDM, image, sigma, count: int, colour: str = "rgb", seed: int = 0,
+                            progress=None):
+    """:func:`posterior_samples` of a numpy image on the [0, 1] scale (gray ``(H, W)``, colour ``(H, W, 3|4)``) at
+    noise levels ``sigma`` (a number or a map, as :func:`~gmdm_cli.denoisers.denoise_array` takes them): float64
+    ``(count, H, W[, C])``, alpha passed through. Colour channels (those of ``colour``) are sampled independently,
+    channel ``c`` from the seeds ``seed + c 2^32 + k``."""
+    import numpy as np
+
+    from .colour import from_channels
+    from .denoisers import channel_inputs
+    from .image_io import join_alpha
+
+    channels, levels, gray, alpha = channel_inputs(model, image, sigma, colour)
+    drawn = np.stack([posterior_samples(model, channel, level, count, seed + (c << 32), progress=progress)
+                      .double().cpu().numpy() for c, (channel, level) in enumerate(zip(channels, levels))], -1)
+    samples = drawn[..., 0] if gray else from_channels(drawn, colour)
+    if not np.all(np.isfinite(samples)):
+        raise ValueError("the samples are not finite (the image's values are too far outside [0, 1])")
+    return np.stack([join_alpha(sample, alpha) for sample in samples])

@@ -90,3 +90,101 @@ def test_calibrate_uncertainty_stores_a_curve_the_model_then_uses(tmp_path, monk
     curve = load_model("cal.pt").metadata["uncertainty_calibration"]
     assert curve["sigma"] == [10 / 255, 30 / 255] and len(curve["alpha"]) == 2 and curve["images"] == 2
     assert load_model("cal.pt").metadata["noise_calibration"] == load_model("7x7").metadata["noise_calibration"]
+
+
+class _GaussianPrior:
+    """A stand-in model whose prior is exactly Gaussian, ``x ~ N(mu, s^2)`` on every pixel independently: its
+    Tweedie correction at time ``t`` is exact, ``2t (mu - x) / (s^2 + 2t)``, and so is the posterior."""
+
+    kind = "gaussian"
+
+    def __init__(self, mu: float, s: float):
+        self.mu, self.s = mu, s
+        self.logits = torch.zeros(1, dtype=torch.float64)
+
+    def tweedie_correction(self, images, t):
+        return 2 * t * (self.mu - images) / (self.s**2 + 2 * t)
+
+
+def test_posterior_samples_follow_the_exact_law_of_a_gaussian_prior():
+    """With an exact Gaussian prior the annealed dynamics target ``x_tau | y``, Gaussian with precision
+    ``1/(s^2 + tau^2) + 1/(sigma^2 - tau^2)``; the final Tweedie step maps it to ``E[x | x_tau]``, a known linear
+    function. With small steps the draws of 4096 independent pixels must match that law's mean and variance (a
+    likelihood term of the wrong sign or scale, or a wrong noise scale, misses by far more than the tolerance).
+    Small steps relax slowly where the prior is broad (here s >> tau): many of them."""
+    from gmdm_cli.sampling import posterior_samples
+
+    mu, s, sigma, end = 0.3, 0.2, 0.15, 0.05
+    prior = _GaussianPrior(mu, s)
+    y = torch.full((64, 64), 0.7, dtype=torch.float64)
+    draws = posterior_samples(prior, y, sigma, 2, seed=5, levels=12, steps=1000, delta=0.02, end=end)
+    tau2, v_y = (end * sigma) ** 2, 0.7
+    precision = 1 / (s**2 + tau2) + 1 / (sigma**2 - tau2)
+    mean_tau = (mu / (s**2 + tau2) + v_y / (sigma**2 - tau2)) / precision
+    shrink = s**2 / (s**2 + tau2)
+    expected_mean = mu + shrink * (mean_tau - mu)
+    expected_var = shrink**2 / precision
+    # the exact posterior of x for comparison: the end step leaves it almost unchanged
+    assert abs(expected_mean - (s**2 * v_y + sigma**2 * mu) / (s**2 + sigma**2)) < 0.01
+    values = draws.flatten()
+    assert abs(float(values.mean()) - expected_mean) < 4 * np.sqrt(expected_var / values.numel())
+    assert abs(float(values.var()) / expected_var - 1) < 0.06  # sampling error ~2 %, step bias ~1 %
+    again = posterior_samples(prior, y, sigma, 1, seed=6, levels=12, steps=1000, delta=0.02, end=end)
+    assert torch.equal(again[0], draws[1])  # sample k from seed + k, whatever the count
+
+
+def test_posterior_samples_of_a_picture_average_to_ebpa_and_spread_like_the_std(camera):
+    """On a held-out picture the mean of 8 samples approaches EB-PA (its squared error exceeds the posterior
+    mean's by the posterior variance over 8: about 0.5 dB), and the samples' spread is near the predicted std."""
+    from gmdm_cli.denoisers import psnr
+
+    clean = camera[:96, :96]
+    noisy = clean + 25 / 255 * np.random.default_rng(7).standard_normal(clean.shape)
+    denoised, std = gmdm_cli.denoise(noisy, sigma=25 / 255, return_std=True)
+    samples = gmdm_cli.posterior_samples(noisy, 8, sigma=25 / 255)
+    assert samples.shape == (8, 96, 96)
+    assert psnr(samples.mean(0), clean) > psnr(denoised, clean) - 0.8
+    assert psnr(samples.mean(0), clean) > psnr(samples[0], clean) + 1.5  # they differ: averaging helps
+    ratio = samples.std(0, ddof=1).mean() / std.mean()
+    assert 0.7 < ratio < 1.3, ratio
+
+
+def test_posterior_samples_of_colour_maps_and_blind(camera):
+    crop = camera[:40, :48]
+    rgba = np.stack([crop, crop[::-1], crop[:, ::-1], np.full_like(crop, 0.5)], -1)
+    noisy = rgba.copy()
+    noisy[..., :3] += 0.05 * np.random.default_rng(1).standard_normal(crop.shape + (3,))
+    samples = gmdm_cli.posterior_samples(noisy, 2, sigma=0.05, seed=3)
+    assert samples.shape == (2, 40, 48, 4) and np.all(samples[..., 3] == 0.5)
+    assert not np.allclose(samples[0], samples[1])
+    ramp = np.tile(np.linspace(0.02, 0.1, 48), (40, 1))
+    gray = crop + ramp * np.random.default_rng(2).standard_normal(crop.shape)
+    assert np.isfinite(gmdm_cli.posterior_samples(gray, 1, sigma=ramp)).all()
+    assert gmdm_cli.posterior_samples(gray, 1, blind=True).shape == (1, 40, 48)
+    with pytest.raises(ValueError, match="need a patch model"):
+        gmdm_cli.posterior_samples(gray, 1, sigma=ramp, model="conv")
+    with pytest.raises(ValueError, match="at least 1"):
+        gmdm_cli.posterior_samples(gray, 0, sigma=0.05)
+
+
+def test_cli_writes_posterior_samples(tmp_path, monkeypatch, camera):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    clean = camera[:64, :64]
+    write_image("noisy.npy", clean + 20 / 255 * np.random.default_rng(4).standard_normal(clean.shape))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["denoise", "noisy.npy", "--sigma", "20", "--samples", "3", "--seed", "9",
+                                 "--output-dir", "out", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["samples"] == [f"out/noisy-sample-{k}.npy" for k in (1, 2, 3)] and record["samples_spread_mean"] > 1
+    draws = np.stack([read_image(path)[0] for path in record["samples"]])
+    noisy = read_image("noisy.npy")[0]
+    assert np.allclose(draws, gmdm_cli.posterior_samples(noisy, 3, sigma=20 / 255, seed=9), atol=1e-6)
+    again = runner.invoke(cli, ["denoise", "noisy.npy", "--sigma", "20", "--samples", "3", "--output-dir", "out"])
+    assert again.exit_code == 1 and "exists" in again.output  # nothing overwritten without --overwrite
+    write_image("other.npy", clean)
+    for arguments in (["-o", "x.npy"], ["--output-dir", "o2", "other.npy"]):
+        refused = runner.invoke(cli, ["denoise", "noisy.npy", "--sigma", "20", "--samples", "2", *arguments])
+        assert refused.exit_code == 2 and "--samples goes with --output-dir and a single input" in refused.output
