@@ -21,6 +21,8 @@ MODEL_TYPES = tuple(KINDS)
 LOSSES = ("norm", "squared", "noise")
 """Forms of the denoising score-matching loss (Eq. 4)."""
 OPTIMIZERS = ("adam", "ipalm")
+DOWNSAMPLERS = ("box", "bicubic")
+"""How an image to upscale was made smaller (:func:`gmdm_cli.restoration.downsampling_matrix`)."""
 
 TRAINING = {"patch_size": 7, "steps": 100_000, "batch_size": 3200, "learning_rate": 1e-2, "sigma_max": 0.4,
             "seed": 0, "loss": "norm", "optimizer": "adam", "model_type": "patch", "bands": 8}

@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 
 from .kinds import KINDS
-from .choices import (BOUNDARIES, COLOUR_SPACES, DEVICES, ESTIMATORS, LOSSES, METHODS, MODEL_TYPES, NOISE_MODELS,
-                      OPTIMIZERS, RAW_ESTIMATORS, TRAINING)
+from .choices import (BOUNDARIES, COLOUR_SPACES, DEVICES, DOWNSAMPLERS, ESTIMATORS, LOSSES, METHODS, MODEL_TYPES,
+                      NOISE_MODELS, OPTIMIZERS, RAW_ESTIMATORS, TRAINING)
 from .errors import GmdmError
 from .image_io import shown
 
@@ -662,6 +662,127 @@ def _write_stdout(data: bytes) -> None:
         if error.errno == errno.EPIPE:
             raise
         raise _BrokenOutput(f"<stdout>: cannot write ({error.strerror})") from None
+
+
+@cli.command(short_help="Deblur, inpaint or upscale images with the same prior (HQS/ADMM).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (one input only); the format follows its extension. '-': standard output.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each result here under its input's file name (the folder is created if missing).")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
+              help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
+@click.option("--blur", "kernel_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Deblur: the blur kernel (point spread function) as an image or .npy/TIFF array; normalised.")
+@click.option("--gaussian-blur", type=_Finite(min=0, max=64, min_open=True),
+              help="Deblur a Gaussian blur of this std (pixels).")
+@click.option("--motion-blur", help="Deblur a linear motion blur LENGTH,ANGLE (pixels, degrees counter-clockwise).")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Inpaint: a mask of the image's size, 0 (black) where a pixel is missing.")
+@click.option("--scale", type=click.IntRange(2, 8), help="Upscale N times (the input was downsampled N x N).")
+@click.option("--downsampler", type=click.Choice(DOWNSAMPLERS), default=DOWNSAMPLERS[0], show_default=True,
+              help="With --scale: how the input was made smaller: N x N block means, or antialiased bicubic.")
+@click.option("--sigma", type=_Finite(min=0, max=255),
+              help="Noise standard deviation of the input on the 0-255 scale [default: estimated for a blur, 0 for "
+                   "--mask and --scale].")
+@click.option("--iterations", type=click.IntRange(1, 500),
+              help="Prior steps [default: the task's schedule, tuned on training images: 16 (blur), 24 (mask, "
+                   "scale)].")
+@_model_option
+@_device_option
+@click.option("--tile", default="auto", show_default=True, callback=lambda ctx, param, value: _tile(value),
+              help="Prior steps in tiles of N x N pixels (same result, bounded memory); 0: whole image; auto.")
+@_max_pixels
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input on stdout.")
+@_quiet
+@_overwrite_option
+def restore(inputs, output, output_dir, output_format, kernel_path, gaussian_blur, motion_blur, mask_path, scale,
+            downsampler, sigma, iterations, model_name, device, tile, max_pixels, as_json, quiet, overwrite):
+    """Restore INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) seen through one forward model:
+    a blur (--blur, --gaussian-blur, --motion-blur), missing pixels (--mask) or a smaller size (--scale).
+
+    Half-quadratic splitting with the GMDM prior (an ADMM form of it): prior steps are EB-PA's Tweedie estimate at
+    a decreasing noise level, data steps are solved exactly (FFT, pixel by pixel, or a separable eigenbasis).
+    Exit status: 0 all inputs done, 1 some failed (the others are still written), 2 usage error.
+    """
+    from dataclasses import replace
+
+    import gmdm_cli
+    from .image_io import channel_count, check_output_format, encode_image, write_image
+    from .restoration import SCHEDULES
+
+    _check_outputs(inputs, output, output_dir, as_json)
+    given = [name for name, value in (("--blur", kernel_path), ("--gaussian-blur", gaussian_blur),
+                                      ("--motion-blur", motion_blur), ("--mask", mask_path), ("--scale", scale))
+             if value is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --blur, --gaussian-blur, --motion-blur, --mask and --scale")
+    if downsampler != DOWNSAMPLERS[0] and scale is None:
+        raise click.UsageError("--downsampler goes with --scale")
+    kernel = _restore_kernel(kernel_path, gaussian_blur, motion_blur, max_pixels)
+    mask = _read_array(mask_path, max_pixels, "mask") if mask_path is not None else None
+    targets = [output] if output is not None else [
+        output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}") for path in inputs]
+    _check_distinct(targets, "several inputs (with the same file name)")
+    read = [*inputs, kernel_path, mask_path, _model_file(model_name)]
+    if output_dir is not None:
+        _output_folder(output_dir)
+    model = _load_model(model_name, _device(device))
+    task = "blur" if kernel is not None else "mask" if mask is not None else "scale"
+    schedule = SCHEDULES[task] if iterations is None else replace(SCHEDULES[task], iterations=iterations)
+    to_stdout = str(output) == "-"
+    extension = f".{output_format}" if output_format else ".png"
+
+    def one(path: Path, target: Path, image, info) -> tuple[dict, str]:
+        started = time.perf_counter()
+        check_output_format(f"<stdout>{extension}" if to_stdout else target, channel_count(image))
+        if scale is not None and max_pixels and image.shape[0] * image.shape[1] * scale**2 > max_pixels:
+            raise click.ClickException(f"the result ({scale * image.shape[1]}x{scale * image.shape[0]}) would be "
+                                       f"larger than --max-pixels {max_pixels}")
+        channels = 1 if image.ndim == 2 or image.shape[2] == 2 else 3
+        with _progress("restoring", channels * schedule.iterations) as advance:
+            result = gmdm_cli.restore(image, kernel=kernel, mask=mask, scale=scale, downsampler=downsampler,
+                                      sigma=None if sigma is None else sigma / 255, model=model,
+                                      iterations=schedule.iterations, tile=tile, progress=advance)
+        if to_stdout:
+            _write_stdout(encode_image(result, extension, info.dtype))
+        else:
+            write_image(target, result, dtype=info.dtype, overwrite=overwrite)
+        seconds = time.perf_counter() - started
+        record = {"output": str(target), "task": task, "model": model_name, "iterations": schedule.iterations,
+                  "seconds": round(seconds, 3), "shape": list(result.shape[:2])}
+        if sigma is not None:
+            record["sigma"] = sigma
+        return record, f"{shown(path)} -> {shown(target)} ({task}, {schedule.iterations} steps, {seconds:.2f} s)"
+
+    checked = [[] if to_stdout else [target] for target in targets]
+    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
+
+
+def _restore_kernel(path: Path | None, gaussian: float | None, motion: str | None, max_pixels: int):
+    """The blur kernel of ``restore``'s options (not yet normalised or checked against an image), or None."""
+    from .restoration import gaussian_kernel, motion_kernel
+
+    if gaussian is not None:
+        return gaussian_kernel(gaussian)
+    if motion is not None:
+        try:
+            length, angle = (float(part) for part in motion.split(","))
+            return motion_kernel(length, angle)
+        except ValueError as error:
+            detail = str(error) if "motion blur" in str(error) else "expected LENGTH,ANGLE (e.g. 15,30)"
+            raise click.BadParameter(f"'{motion}': {detail}", param_hint="--motion-blur") from None
+    if path is None:
+        return None
+    return _read_array(path, max_pixels, "kernel")
+
+
+def _read_array(path: Path, max_pixels: int, what: str):
+    """A --blur kernel or --mask file as a float array (images on the [0, 1] scale)."""
+    from .image_io import read_image
+
+    values, _ = read_image(path, max_pixels=max_pixels or None)
+    return values
 
 
 @cli.command(short_help="Denoise a built-in picture and print the PSNRs (no data needed).")

@@ -48,7 +48,8 @@ class ExpertTable:
         offsets = torch.cumsum(counts, 0) - counts
         index = torch.arange(int(counts.sum()), device=std.device) - offsets[owner]
         spacing = width / (counts - 1)
-        energies, scores, curvatures = self._exact(self.low[owner] + spacing[owner] * index, owner, derivatives=True)
+        energies, scores, curvatures, thirds = self._exact(self.low[owner] + spacing[owner] * index, owner,
+                                                           derivatives=True, third=True)
         # ... resampled onto G points per expert (spacing <= resolution * sigma_j for all j), one rectangular (J, G)
         # table, by cubic Hermite interpolation with the exact derivatives (d/dz energy = -score): its error,
         # O(exact_resolution^4 / 384) relative, is far below that of the linear lookup
@@ -65,7 +66,9 @@ class ExpertTable:
             return table.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1)
 
         self.energies, self.scores = hermite(energies, -scores), hermite(scores, curvatures)
-        self.curvatures = None  # tabulated on first use (posterior variances only)
+        # the curvatures' table on first use (posterior variances only), from the same exact grid
+        self._curvature_table = lambda: hermite(curvatures, thirds)
+        self.curvatures = None
         # position on expert j's grid: 0 at low_j, G - 1 at high_j; expert j's points start at j G
         self.points = points
         self.scale = ((points - 1) / width).to(dtype)[:, None]
@@ -73,23 +76,30 @@ class ExpertTable:
         index_dtype = torch.int32 if len(counts) * points < 2**31 else torch.int64
         self.offsets = (torch.arange(len(counts), device=std.device) * points).to(index_dtype)[:, None]
 
-    def _exact(self, z: torch.Tensor, owner: torch.Tensor, derivatives: bool = False) -> tuple[torch.Tensor, ...]:
+    def _exact(self, z: torch.Tensor, owner: torch.Tensor, derivatives: bool = False,
+               third: bool = False) -> tuple[torch.Tensor, ...]:
         """Exact ``-log psi_j(z)`` and ``d/dz log psi_j(z)`` in float64 for responses ``z`` ``(m,)`` of the
-        experts ``owner`` ``(m,)``; with ``derivatives`` also ``d^2/dz^2 log psi_j(z) = (Var[mu | z] / v - 1) / v``."""
-        energies, scores, curvatures = [], [], []
+        experts ``owner`` ``(m,)``; with ``derivatives`` also ``d^2/dz^2 log psi_j(z) = (Var[mu | z] / v - 1) / v``,
+        with ``third`` also ``d^3/dz^3 log psi_j(z) = kappa_3[mu | z] / v^3`` (the third cumulant: ``log psi_j``
+        is ``-z^2 / 2v`` plus the cumulant generating function of the means at ``z / v``)."""
+        results = [[], [], [], []]
+        powers = torch.stack([self.means, self.means**2, self.means**3], 1)
         for chunk in torch.split(torch.arange(len(z), device=z.device), max(1, (1 << 22) // len(self.means))):
             zc, v = z[chunk, None].double(), self.variances64[owner[chunk], None]  # (m, 1)
             logits = self.log_weights[owner[chunk]] - (zc - self.means) ** 2 / (2 * v)  # (m, L)
             peak = logits.amax(1, keepdim=True)
             posterior = torch.exp(logits - peak)  # unnormalised
             total = posterior.sum(1, keepdim=True)
-            moments = posterior @ torch.stack([self.means, self.means**2], 1) / total  # E[mu | z], E[mu^2 | z]
-            energies.append((0.5 * torch.log(2 * math.pi * v) - peak - torch.log(total))[:, 0])
-            scores.append((moments[:, 0] - zc[:, 0]) / v[:, 0])
+            moments = posterior @ powers / total  # E[mu | z], E[mu^2 | z], E[mu^3 | z]
+            mean, v = moments[:, 0], v[:, 0]
+            results[0].append((0.5 * torch.log(2 * math.pi * v) - peak[:, 0] - torch.log(total[:, 0])))
+            results[1].append((mean - zc[:, 0]) / v)
             if derivatives:
-                curvatures.append(((moments[:, 1] - moments[:, 0] ** 2) / v[:, 0] - 1) / v[:, 0])
-        results = (energies, scores, curvatures) if derivatives else (energies, scores)
-        return tuple(torch.cat(r) if r else z.new_zeros(0, dtype=torch.float64) for r in results)
+                results[2].append(((moments[:, 1] - mean**2) / v - 1) / v)
+            if third:
+                results[3].append((moments[:, 2] - 3 * mean * moments[:, 1] + 2 * mean**3) / v**3)
+        count = 2 + derivatives + third
+        return tuple(torch.cat(r) if r else z.new_zeros(0, dtype=torch.float64) for r in results[:count])
 
     def _lookup(self, tables: dict, z: torch.Tensor, experts: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Interpolate each of ``tables`` (``{which: (values, steps)}``, ``which`` the index of the quantity in
@@ -136,15 +146,10 @@ class ExpertTable:
         return tuple(self._lookup({1: self.scores, 2: self.curvature_table()}, z))
 
     def curvature_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The curvatures' table (values and steps), built on first use (exact values on the table's points)."""
+        """The curvatures' table (values and steps), built on first use like the others: cubic Hermite on the exact
+        grid, with the exact third derivatives."""
         if self.curvatures is None:
-            points = torch.arange(self.points, dtype=torch.float64, device=self.low.device)
-            grid = self.low[:, None] + (self.high - self.low)[:, None] * points / (self.points - 1)  # (J, G)
-            owner = torch.arange(len(self.low), device=self.low.device).repeat_interleave(self.points)
-            values = self._exact(grid.reshape(-1), owner, derivatives=True)[2].view(len(self.low), -1)
-            steps = values.diff(dim=1)
-            dtype = self.scores[0].dtype
-            self.curvatures = (values.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1))
+            self.curvatures = self._curvature_table()
         return self.curvatures
 
     def energy(self, z: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
