@@ -68,3 +68,25 @@ def test_denoise_command_on_cuda_equals_cpu(tmp_path, noisy):
         assert result.exit_code == 0, result.output
         outputs[device] = np.load(tmp_path / device / "noisy.npy")
     assert np.abs(outputs["cuda"] - outputs["cpu"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("task", ["blur", "mask", "scale"])
+def test_restoration_agrees(noisy, task):
+    from gmdm_cli.restoration import gaussian_kernel, restore_array
+
+    cpu, cuda = load_model("7x7"), load_model("7x7", device="cuda")
+    image = np.clip(noisy, 0, 1)
+    forward = {"blur": {"kernel": gaussian_kernel(1.6), "sigma": 0.1},
+               "mask": {"mask": np.random.default_rng(71).random(image.shape) > 0.5},
+               "scale": {"scale": 2}}[task]
+    assert np.abs(restore_array(cuda, image, **forward) - restore_array(cpu, image, **forward)).max() <= 1e-3
+
+
+def test_posterior_samples_agree(noisy):
+    from gmdm_cli.sampling import posterior_samples_array
+
+    cpu, cuda = load_model("7x7"), load_model("7x7", device="cuda")
+    # the same seeds draw different numbers on the two devices: compare what does not depend on them
+    drawn = [posterior_samples_array(model, noisy, 0.1, 4, seed=1) for model in (cpu, cuda)]
+    assert abs(drawn[0].mean() - drawn[1].mean()) < 1e-3
+    assert abs(drawn[0].std(0).mean() - drawn[1].std(0).mean()) < 0.1 * drawn[0].std(0).mean()
