@@ -65,7 +65,11 @@ def main() -> int:
         model.metadata.pop("uncertainty_calibration", None)
     paths = spread(find_images([args.data]), args.images)
     if args.samples:
-        return samples(model, paths, args)
+        text = "\n".join(samples(model, paths, args)) + "\n"
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        return 0
     lines = [f"# EB-PA posterior std on {len(paths)} images of {args.data} ({args.model}"
              f"{', raw' if args.raw or 'uncertainty_calibration' not in model.metadata else ', calibrated'})", "",
              "| sigma | merit (mean abs log ratio) | largest | EB-PA s | EB-PA + std s | bins: predicted / actual (0-255) |",
@@ -127,8 +131,8 @@ def clean_image(path, crop: int | None) -> np.ndarray:
     return clean
 
 
-def samples(model, paths, args) -> int:
-    """The ``--samples`` table."""
+def samples(model, paths, args) -> list[str]:
+    """The lines of the ``--samples`` table."""
     count = args.samples
     lines = [f"# Posterior samples on {len(paths)} images of {args.data}{f' (centre {args.crop} crops)' if args.crop else ''} "
              f"({args.model}, {count} samples; {args.levels} levels x {args.steps} steps, delta {args.delta:g}, "
@@ -160,11 +164,7 @@ def samples(model, paths, args) -> int:
                      f"{255 * np.sqrt(mean[5]):.2f} | {255 * np.sqrt(mean[6]):.2f} | {255 * np.sqrt(mean[7]):.2f} | "
                      f"{mean[8]:.2f} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
-    return 0
+    return lines
 
 
 def example(model, path: str) -> None:

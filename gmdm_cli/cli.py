@@ -417,14 +417,25 @@ _max_pixels = click.option("--max-pixels", default=MAX_PIXELS, show_default=True
                            help="Refuse larger inputs (width x height); 0: no limit.")
 
 
+def _image_outputs(function):
+    """INPUTS, -o/--output, --output-dir and --format: the image commands' inputs and outputs."""
+    options = [click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
+               click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                            help="Output file (one input only); the format follows its extension. '-': standard "
+                                 "output."),
+               click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                            help="Write each result here under its input's file name (the folder is created if "
+                                 "missing)."),
+               click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
+                            help="Format of '-o -' (default png) and of the files in --output-dir (default: the "
+                                 "input's).")]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @cli.command(short_help="Denoise images (known sigma, a sigma map, or --blind).")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file (one input only); the format follows its extension. '-': standard output.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write each result here under its input's file name (the folder is created if missing).")
-@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
-              help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
+@_image_outputs
 @click.option("--sigma", type=_Finite(min=0, max=255, min_open=True),
               help="Noise standard deviation on the 0-255 scale.")
 @click.option("--blind", is_flag=True,
@@ -665,13 +676,7 @@ def _write_stdout(data: bytes) -> None:
 
 
 @cli.command(short_help="Deblur, inpaint or upscale images with the same prior (HQS/ADMM).")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file (one input only); the format follows its extension. '-': standard output.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write each result here under its input's file name (the folder is created if missing).")
-@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
-              help="Format of '-o -' (default png) and of the files in --output-dir (default: the input's).")
+@_image_outputs
 @click.option("--blur", "kernel_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Deblur: the blur kernel (point spread function) as an image or .npy/TIFF array; normalised.")
 @click.option("--gaussian-blur", type=_Finite(min=0, max=64, min_open=True),
