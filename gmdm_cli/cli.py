@@ -394,6 +394,19 @@ def _progress(description: str, total: int):
         yield lambda: bar.advance(task)
 
 
+@contextlib.contextmanager
+def _working(path: Path, show: bool):
+    """A spinner on standard error while one input is worked on, when ``show`` and stderr is a terminal."""
+    if not (show and sys.stderr.isatty()):
+        yield
+        return
+    from rich.console import Console
+
+    name = "<stdin>" if str(path) == "-" else shown(path)
+    with Console(stderr=True).status(f"{name}: working", spinner="dots"):
+        yield
+
+
 def _read_input(path: Path, max_pixels: int):
     """Read an input image; ``-`` is standard input, read up to the most bytes an image within ``max_pixels``
     can take (float64 RGBA ``.npy``: 32 bytes a pixel, and 1 MiB of headers)."""
@@ -535,7 +548,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
                 f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
 
     checked = [[] if to_stdout else [target, *drawn] for target in targets]
-    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
+    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False,
+               spinner=not drawn)
 
 
 def _sample_targets(target: Path, samples: int | None, output_dir: Path | None, count: int) -> list[Path]:
@@ -601,12 +615,13 @@ def _check_stdout(output: Path | None, as_json: bool) -> None:
 
 
 def _run_batch(inputs, work_targets, work, quiet: bool, as_json: bool, max_pixels: int, read, overwrite: bool,
-               results_on_stdout: bool) -> None:
+               results_on_stdout: bool, spinner: bool = True) -> None:
     """The batch commands' loop: for every input, refuse its targets if they are an input or exist (without
     ``overwrite``), read it, ``work(path, target, image, info) -> (record, line)``; a failure is that input's one
     error line (and JSON record) and the next goes on. ``--json``: the records on standard output; otherwise the
     lines, on standard output when they are the results (``results_on_stdout``), else as messages on standard
-    error. Exit status 1 when some failed."""
+    error. Exit status 1 when some failed. ``spinner``: a single input shows that it is being worked on (on a
+    terminal), for commands without a progress bar of their own."""
     import json
 
     report = _Report(quiet, len(inputs), as_json)
@@ -615,7 +630,8 @@ def _run_batch(inputs, work_targets, work, quiet: bool, as_json: bool, max_pixel
             for file in checked:
                 _check_target(file, overwrite, read)
             image, info = _read_input(path, max_pixels)
-            record, line = work(path, target, image, info)
+            with _working(path, spinner and len(inputs) == 1 and not quiet):
+                record, line = work(path, target, image, info)
         except (GmdmError, ValueError, click.ClickException) as error:
             report.error(path, error)
             continue
@@ -761,7 +777,8 @@ def restore(inputs, output, output_dir, output_format, kernel_path, gaussian_blu
         return record, f"{shown(path)} -> {shown(target)} ({task}, {schedule.iterations} steps, {seconds:.2f} s)"
 
     checked = [[] if to_stdout else [target] for target in targets]
-    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False)
+    _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False,
+               spinner=False)
 
 
 def _restore_kernel(path: Path | None, gaussian: float | None, motion: str | None, max_pixels: int):

@@ -263,3 +263,31 @@ def test_hqs_iterations_option(tmp_path, camera):
                                  "--sigma", "25", "--iterations", "3"])
     assert result.exit_code == 2 and "--iterations goes with --method hqs" in result.output
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_a_single_input_shows_it_is_working_on_a_terminal(tmp_path, noisy_png):
+    """On a terminal (a pseudo-terminal here) one input gets a spinner while it is worked on; the result is the
+    same as without one, and piped runs show none."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gmdm_cli", "denoise", noisy_png.name, "-o", "tty.png",
+                               "--blind"], stderr=follower, stdout=subprocess.PIPE, cwd=tmp_path, timeout=300)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal is closed once everything is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0 and b"noisy.png: working" in shown
+    piped = subprocess.run([sys.executable, "-m", "gmdm_cli", "denoise", noisy_png.name, "-o", "pipe.png", "--blind"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert piped.returncode == 0 and "working" not in piped.stderr
+    assert (tmp_path / "tty.png").read_bytes() == (tmp_path / "pipe.png").read_bytes()
