@@ -31,7 +31,7 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import psnr
 from gmdm_cli.image_io import read_image, to_gray
-from gmdm_cli.restoration import SCHEDULES, Schedule, restore_array
+from gmdm_cli.restoration import SCHEDULES, Schedule, gaussian_kernel, restore_array
 from gmdm_cli.training import find_images, spread
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -40,19 +40,12 @@ BLUR_STD, BLUR_SIZE, BLUR_NOISE = 1.6, 17, 2 / 255
 BALANCE, RL_ITERATIONS = 0.03, 2  # the baselines' best on BSDS400 crops (--tune)
 
 
-def gaussian_kernel(std: float = BLUR_STD, size: int = BLUR_SIZE) -> np.ndarray:
-    offsets = np.arange(size) - size // 2
-    taps = np.exp(-offsets**2 / (2 * std**2))
-    kernel = np.outer(taps, taps)
-    return kernel / kernel.sum()
-
-
 def degrade(task: str, clean: np.ndarray, rng: np.random.Generator):
     """``(clean, observed, forward model keywords for restore_array)`` of ``task``."""
     from scipy.ndimage import convolve
 
     if task == "blur":
-        kernel = gaussian_kernel()
+        kernel = gaussian_kernel(BLUR_STD, BLUR_SIZE)
         observed = convolve(clean, kernel, mode="reflect") + BLUR_NOISE * rng.standard_normal(clean.shape)
         return clean, observed, {"kernel": kernel, "sigma": BLUR_NOISE}
     if task == "mask":

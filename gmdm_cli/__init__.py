@@ -249,14 +249,10 @@ def restore(image, kernel=None, mask=None, scale=None, downsampler="box", sigma=
     >>> bool(np.allclose(restored[known], clean[known]) and np.mean((restored - clean) ** 2) < 1e-3)
     True
     """
-    from dataclasses import replace
+    from .restoration import restore_array
 
-    from .restoration import SCHEDULES, restore_array
-
-    model = get_model(model)
-    task = "blur" if kernel is not None else "mask" if mask is not None else "scale"
-    schedule = None if iterations is None else replace(SCHEDULES[task], iterations=int(iterations))
-    return restore_array(model, image, kernel, mask, scale, downsampler, sigma, schedule, tile, progress)
+    return restore_array(get_model(model), image, kernel, mask, scale, downsampler, sigma, None, tile, progress,
+                         iterations)
 
 
 def estimate_noise(image, map=False, model="7x7", estimator="auto", noise_model="auto", return_estimates=False):

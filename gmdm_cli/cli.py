@@ -498,7 +498,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     Exit status: 0 all inputs done, 1 some failed (the others are still written), 2 usage error.
     """
     import gmdm_cli
-    from .image_io import channel_count, check_output_format, encode_image, write_image
+    from .image_io import channel_count, check_output_format, colour_channels, encode_image, write_image
     from .sampling import SAMPLE_LEVELS
 
     side = {"--noise-map": noise_map_path, "--uncertainty": uncertainty_path}
@@ -528,8 +528,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
             _write_levels_noted(uncertainty_path, 255 * done.std, overwrite, "posterior std (0-255)")
             fields["uncertainty"], fields["std_mean"] = str(uncertainty_path), round(255 * float(done.std.mean()), 3)
         if drawn:
-            channels = 1 if image.ndim == 2 or image.shape[2] == 2 else 3
-            with _progress("posterior samples", samples * channels * SAMPLE_LEVELS) as advance:
+            with _progress("posterior samples", samples * colour_channels(image) * SAMPLE_LEVELS) as advance:
                 draws = gmdm_cli.posterior_samples(image, samples, done.sigma, model, colour=colour, seed=seed,
                                                    progress=advance)
             for file, draw in zip(drawn, draws):
@@ -572,14 +571,19 @@ def _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, si
     _check_outputs(inputs, output, output_dir, as_json)
     for option, path in side.items():
         _check_format(path, option, (".png", ".tif", ".tiff", ".npy"))
-    if output is not None:
-        targets = [output]
-    else:
-        targets = [output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}")
-                   for path in inputs]
-        _check_distinct(targets, "several inputs (with the same file name)")
+    targets = _output_files(inputs, output, output_dir, output_format)
     extra = [path for path in side.values() if path is not None]
     _check_distinct([*extra, *targets], " and ".join(option for option, path in side.items() if path) + " and the result")
+    return targets
+
+
+def _output_files(inputs, output: Path | None, output_dir: Path | None, output_format: str | None) -> list[Path]:
+    """The result file of every input: ``-o``, or its file name in ``--output-dir`` (``--format``: that extension);
+    two inputs that would share one are a usage error."""
+    if output is not None:
+        return [output]
+    targets = [output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}") for path in inputs]
+    _check_distinct(targets, "several inputs (with the same file name)")
     return targets
 
 
@@ -726,11 +730,9 @@ def restore(inputs, output, output_dir, output_format, kernel_path, gaussian_blu
     a decreasing noise level, data steps are solved exactly (FFT, pixel by pixel, or a separable eigenbasis).
     Exit status: 0 all inputs done, 1 some failed (the others are still written), 2 usage error.
     """
-    from dataclasses import replace
-
     import gmdm_cli
-    from .image_io import channel_count, check_output_format, encode_image, write_image
-    from .restoration import SCHEDULES
+    from .image_io import channel_count, check_output_format, colour_channels, encode_image, read_image, write_image
+    from .restoration import SCHEDULES, task_of
 
     _check_outputs(inputs, output, output_dir, as_json)
     given = [name for name, value in (("--blur", kernel_path), ("--gaussian-blur", gaussian_blur),
@@ -741,16 +743,14 @@ def restore(inputs, output, output_dir, output_format, kernel_path, gaussian_blu
     if downsampler != DOWNSAMPLERS[0] and scale is None:
         raise click.UsageError("--downsampler goes with --scale")
     kernel = _restore_kernel(kernel_path, gaussian_blur, motion_blur, max_pixels)
-    mask = _read_array(mask_path, max_pixels, "mask") if mask_path is not None else None
-    targets = [output] if output is not None else [
-        output_dir / (path.name if output_format is None else f"{path.stem}.{output_format}") for path in inputs]
-    _check_distinct(targets, "several inputs (with the same file name)")
+    mask = read_image(mask_path, max_pixels=max_pixels or None)[0] if mask_path is not None else None
+    targets = _output_files(inputs, output, output_dir, output_format)
     read = [*inputs, kernel_path, mask_path, _model_file(model_name)]
     if output_dir is not None:
         _output_folder(output_dir)
     model = _load_model(model_name, _device(device))
-    task = "blur" if kernel is not None else "mask" if mask is not None else "scale"
-    schedule = SCHEDULES[task] if iterations is None else replace(SCHEDULES[task], iterations=iterations)
+    task = task_of(kernel, mask, scale)
+    steps = iterations or SCHEDULES[task].iterations
     to_stdout = str(output) == "-"
     extension = f".{output_format}" if output_format else ".png"
 
@@ -760,21 +760,20 @@ def restore(inputs, output, output_dir, output_format, kernel_path, gaussian_blu
         if scale is not None and max_pixels and image.shape[0] * image.shape[1] * scale**2 > max_pixels:
             raise click.ClickException(f"the result ({scale * image.shape[1]}x{scale * image.shape[0]}) would be "
                                        f"larger than --max-pixels {max_pixels}")
-        channels = 1 if image.ndim == 2 or image.shape[2] == 2 else 3
-        with _progress("restoring", channels * schedule.iterations) as advance:
+        with _progress("restoring", colour_channels(image) * steps) as advance:
             result = gmdm_cli.restore(image, kernel=kernel, mask=mask, scale=scale, downsampler=downsampler,
                                       sigma=None if sigma is None else sigma / 255, model=model,
-                                      iterations=schedule.iterations, tile=tile, progress=advance)
+                                      iterations=steps, tile=tile, progress=advance)
         if to_stdout:
             _write_stdout(encode_image(result, extension, info.dtype))
         else:
             write_image(target, result, dtype=info.dtype, overwrite=overwrite)
         seconds = time.perf_counter() - started
-        record = {"output": str(target), "task": task, "model": model_name, "iterations": schedule.iterations,
+        record = {"output": str(target), "task": task, "model": model_name, "iterations": steps,
                   "seconds": round(seconds, 3), "shape": list(result.shape[:2])}
         if sigma is not None:
             record["sigma"] = sigma
-        return record, f"{shown(path)} -> {shown(target)} ({task}, {schedule.iterations} steps, {seconds:.2f} s)"
+        return record, f"{shown(path)} -> {shown(target)} ({task}, {steps} steps, {seconds:.2f} s)"
 
     checked = [[] if to_stdout else [target] for target in targets]
     _run_batch(inputs, zip(targets, checked), one, quiet, as_json, max_pixels, read, overwrite, results_on_stdout=False,
@@ -796,15 +795,9 @@ def _restore_kernel(path: Path | None, gaussian: float | None, motion: str | Non
             raise click.BadParameter(f"'{motion}': {detail}", param_hint="--motion-blur") from None
     if path is None:
         return None
-    return _read_array(path, max_pixels, "kernel")
-
-
-def _read_array(path: Path, max_pixels: int, what: str):
-    """A --blur kernel or --mask file as a float array (images on the [0, 1] scale)."""
     from .image_io import read_image
 
-    values, _ = read_image(path, max_pixels=max_pixels or None)
-    return values
+    return read_image(path, max_pixels=max_pixels or None)[0]
 
 
 @cli.command(short_help="Denoise a built-in picture and print the PSNRs (no data needed).")

@@ -402,6 +402,11 @@ def channel_count(image: np.ndarray) -> int:
     return 1 if np.ndim(image) == 2 else int(np.shape(image)[2])
 
 
+def colour_channels(image: np.ndarray) -> int:
+    """The channels the gray prior works on, alpha left out: 1 for gray (and gray + alpha), 3 for RGB(A)."""
+    return channel_count(split_alpha(np.asarray(image))[0])
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, dtype: np.dtype | None = None,
                 overwrite: bool = True) -> None:
     """Write ``image`` (float, [0, 1] scale) to ``path``, atomically (see :func:`atomic_output`).

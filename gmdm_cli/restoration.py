@@ -31,7 +31,24 @@ from .kinds import GMDM
 from .model import time_from_sigma
 
 
-class Blur:
+class _Operator:
+    """What the forward models share: the observation as the data step takes it, the start, and the result from
+    the restored domain (all as they are here); ``pixelwise``: whether the data step is diagonal (it then weighs
+    each pixel by how often the prior counts it, :func:`restore_channel`)."""
+
+    pixelwise = False
+
+    def observed(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def start(self, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    def result(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Blur(_Operator):
     """``A x = C (k * x)``: convolution with a normalised kernel ``k`` on the observation's domain enlarged by the
     kernel's height and width on every side (circular there), cropped (``C``) to the observation. The enlarged border is
     unknown, so the blur at the image's edges needs no boundary assumption; the restored image is cropped."""
@@ -53,9 +70,6 @@ class Blur:
     def _convolve(self, x: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
         spectrum = self.spectrum.conj() if adjoint else self.spectrum
         return torch.fft.irfft2(torch.fft.rfft2(x) * spectrum, s=self.shape)
-
-    def observed(self, y: torch.Tensor) -> torch.Tensor:
-        return y
 
     def start(self, y: torch.Tensor) -> torch.Tensor:
         """The observation mirrored by the kernel's size (edge pixels repeated)."""
@@ -103,8 +117,10 @@ BIHARMONIC_LIMIT = 1 << 20
 missing pixels)."""
 
 
-class Mask:
+class Mask(_Operator):
     """``A x = m x`` with ``m`` 1 where a pixel is known, 0 where it is missing."""
+
+    pixelwise = True
 
     def __init__(self, known: torch.Tensor):
         self.known = known
@@ -138,9 +154,6 @@ class Mask:
             x[fill] = (values / weights.clamp_min(1e-12))[fill]
             missing = missing & ~fill
         x[missing] = float((y * self.known).sum() / self.known.sum())
-        return x
-
-    def result(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,7 +219,7 @@ def _cubic_matrix(rows: int, size: int, step: float, stretch: float, dtype) -> t
     return torch.as_tensor(matrix, dtype=dtype)
 
 
-class Downsample:
+class Downsample(_Operator):
     """``A x = D_r x D_c^T``: the image ``factor`` times smaller by :func:`downsampling_matrix` along each axis."""
 
     def __init__(self, shape: tuple[int, int], factor: int, downsampler: str, dtype, device):
@@ -219,14 +232,8 @@ class Downsample:
         (self.row_values, self.row_vectors), (self.column_values, self.column_vectors) = (
             torch.linalg.eigh(m.T @ m) for m in (self.rows, self.columns))
 
-    def observed(self, y: torch.Tensor) -> torch.Tensor:
-        return y
-
     def start(self, y: torch.Tensor) -> torch.Tensor:
         return self.up[0] @ y @ self.up[1].T
-
-    def result(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return self.rows @ x @ self.columns.T
@@ -248,18 +255,11 @@ class Downsample:
         return self.row_vectors @ solved @ self.column_vectors.T
 
 
-class Identity:
+class Identity(_Operator):
     """``A = I``: plain denoising (what ``restore`` reduces to; with ``solver="hqs"`` it is ``denoise --method
     hqs``)."""
 
-    def observed(self, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-    def start(self, y: torch.Tensor) -> torch.Tensor:
-        return y.clone()
-
-    def result(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    pixelwise = True
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -284,11 +284,7 @@ class Schedule:
 
     def levels(self, sigma: float) -> list[float]:
         end = max(self.end, sigma)
-        start = max(self.start, end)
-        if self.iterations == 1:
-            return [end]
-        ratio = (end / start) ** (1 / (self.iterations - 1))
-        return [start * ratio**k for k in range(self.iterations)]
+        return [end] if self.iterations == 1 else np.geomspace(max(self.start, end), end, self.iterations).tolist()
 
 
 SOLVERS = ("admm", "hqs")
@@ -322,7 +318,7 @@ def restore_channel(model: GMDM, operator, y: torch.Tensor, sigma: float, schedu
     observed = operator.observed(y)
     x = operator.start(observed)
     coverage = 1.0
-    if isinstance(operator, (Identity, Mask)) and model.kind == "patch":
+    if operator.pixelwise and model.kind == "patch":
         from .model import patch_counts
 
         counts = patch_counts(model, x[None, None])[0, 0]
@@ -342,11 +338,12 @@ def restore_channel(model: GMDM, operator, y: torch.Tensor, sigma: float, schedu
     return operator.result(x)
 
 
-def gaussian_kernel(std: float) -> np.ndarray:
-    """A normalised Gaussian blur kernel of standard deviation ``std`` pixels, ``2 ceil(3 std) + 1`` wide."""
+def gaussian_kernel(std: float, size: int | None = None) -> np.ndarray:
+    """A normalised Gaussian blur kernel of standard deviation ``std`` pixels, ``size`` wide (default
+    ``2 ceil(3 std) + 1``)."""
     if not (np.isfinite(std) and std > 0):
         raise ValueError(f"a Gaussian blur needs a positive std (got {std})")
-    offsets = np.arange(-math.ceil(3 * std), math.ceil(3 * std) + 1)
+    offsets = np.arange(size or 2 * math.ceil(3 * std) + 1) - (size or 2 * math.ceil(3 * std) + 1) // 2
     taps = np.exp(-offsets**2 / (2 * std**2))
     kernel = np.outer(taps, taps)
     return kernel / kernel.sum()
@@ -403,29 +400,38 @@ def check_mask(mask, shape) -> np.ndarray:
     return known
 
 
+def task_of(kernel=None, mask=None, scale=None) -> str:
+    """The forward model's name (a key of :data:`SCHEDULES`) for exactly one of ``kernel``, ``mask``, ``scale``."""
+    if sum(value is not None for value in (kernel, mask, scale)) != 1:
+        raise ValueError("give exactly one forward model: a blur kernel, a mask or a scale")
+    return "blur" if kernel is not None else "mask" if mask is not None else "scale"
+
+
 def restore_array(model: GMDM, image, kernel=None, mask=None, scale: int | None = None, downsampler: str = "box",
                   sigma: float | None = None, schedule: Schedule | None = None, tile: int | None = None,
-                  progress=None):
+                  progress=None, iterations: int | None = None):
     """Restore a numpy image on the [0, 1] scale (gray ``(H, W)``, colour ``(H, W, 3|4)``: R, G, B each with the gray
     prior, alpha passed through; upscaled alpha by bicubic interpolation) observed through one forward model:
     ``kernel`` (a blur), ``mask`` (inpainting, 0 = missing) or ``scale`` (upscaling an image downsampled by
     ``downsampler``). ``sigma``: the noise level ([0, 1] scale; default: estimated for a blur, 0 otherwise);
-    ``schedule``: default :data:`SCHEDULES` of the task. Returns float64, unclipped."""
+    ``schedule``: default :data:`SCHEDULES` of the task, with ``iterations`` steps when given. Returns float64,
+    unclipped."""
+    from dataclasses import replace
+
     from .image_io import join_alpha, split_alpha
 
-    if sum(value is not None for value in (kernel, mask, scale)) != 1:
-        raise ValueError("give exactly one forward model: a blur kernel, a mask or a scale")
+    task = task_of(kernel, mask, scale)
     image, alpha = split_alpha(np.asarray(image, dtype=np.float64))
     shape = image.shape[:2]
     device, dtype = model.logits.device, model.logits.dtype
-    if kernel is not None:
-        task, operator = "blur", Blur(torch.as_tensor(check_kernel(kernel, shape), dtype=dtype, device=device), shape)
-    elif mask is not None:
-        task, operator = "mask", Mask(torch.as_tensor(check_mask(mask, shape), dtype=dtype, device=device))
+    if task == "blur":
+        operator = Blur(torch.as_tensor(check_kernel(kernel, shape), dtype=dtype, device=device), shape)
+    elif task == "mask":
+        operator = Mask(torch.as_tensor(check_mask(mask, shape), dtype=dtype, device=device))
     else:
         if not (isinstance(scale, (int, np.integer)) and 2 <= scale <= 8):
             raise ValueError(f"the scale must be an integer from 2 to 8 (got {scale})")
-        task, operator = "scale", Downsample(shape, int(scale), downsampler, dtype, device)
+        operator = Downsample(shape, int(scale), downsampler, dtype, device)
     if sigma is None:
         from .noise import estimate_noise
 
@@ -435,6 +441,7 @@ def restore_array(model: GMDM, image, kernel=None, mask=None, scale: int | None 
     if task == "blur":  # a deconvolution needs a data weight: exact data count as noise of 1/4 of a grey level
         sigma = max(sigma, BLUR_SIGMA_MIN)
     schedule = SCHEDULES[task] if schedule is None else schedule
+    schedule = schedule if iterations is None else replace(schedule, iterations=int(iterations))
     channels = [image] if image.ndim == 2 else [image[..., k] for k in range(image.shape[2])]
     restored = [restore_channel(model, operator, torch.as_tensor(channel, dtype=dtype, device=device), sigma,
                                 schedule, tile, progress).double().cpu().numpy() for channel in channels]

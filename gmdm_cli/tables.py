@@ -53,28 +53,35 @@ class ExpertTable:
         # ... resampled onto G points per expert (spacing <= resolution * sigma_j for all j), one rectangular (J, G)
         # table, by cubic Hermite interpolation with the exact derivatives (d/dz energy = -score): its error,
         # O(exact_resolution^4 / 384) relative, is far below that of the linear lookup
-        position = (counts - 1)[:, None] / (points - 1) * torch.arange(points, dtype=torch.float64, device=std.device)
-        left = position.floor().long().minimum((counts - 2)[:, None])
-        s, left, h = position - left, left + offsets[:, None], spacing[:, None]
-        basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
-
-        def hermite(values: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """The resampled table, flat ``(J G,)``, and the step from each point to the next (the last
-            repeated, so that a position on the last point needs no special case)."""
-            table = sum(w * p for w, p in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
-            steps = table.diff(dim=1)
-            return table.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1)
-
+        self._grid = (counts, offsets, spacing, points, dtype)
+        hermite = self._hermite()
         self.energies, self.scores = hermite(energies, -scores), hermite(scores, curvatures)
-        # the curvatures' table on first use (posterior variances only), from the same exact grid
-        self._curvature_table = lambda: hermite(curvatures, thirds)
-        self.curvatures = None
+        # the curvatures' table on first use (posterior variances only): keep its grid values, not the basis
+        self._curvature_grid, self.curvatures = (curvatures, thirds), None
         # position on expert j's grid: 0 at low_j, G - 1 at high_j; expert j's points start at j G
         self.points = points
         self.scale = ((points - 1) / width).to(dtype)[:, None]
         self.shift = (-self.low * (points - 1) / width).to(dtype)[:, None]
         index_dtype = torch.int32 if len(counts) * points < 2**31 else torch.int64
         self.offsets = (torch.arange(len(counts), device=std.device) * points).to(index_dtype)[:, None]
+
+    def _hermite(self):
+        """The resampling from the exact grid onto the table's points, ``hermite(values, slopes) -> (table, steps)``:
+        the flat ``(J G,)`` table and the step from each point to the next (the last repeated, so that a position
+        on the last point needs no special case)."""
+        counts, offsets, spacing, points, dtype = self._grid
+        position = (counts - 1)[:, None] / (points - 1) * torch.arange(points, dtype=torch.float64,
+                                                                       device=counts.device)
+        left = position.floor().long().minimum((counts - 2)[:, None])
+        s, left, h = position - left, left + offsets[:, None], spacing[:, None]
+        basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
+
+        def hermite(values: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            table = sum(w * p for w, p in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
+            steps = table.diff(dim=1)
+            return table.to(dtype).reshape(-1), torch.cat([steps, steps[:, -1:]], 1).to(dtype).reshape(-1)
+
+        return hermite
 
     def _exact(self, z: torch.Tensor, owner: torch.Tensor, derivatives: bool = False,
                third: bool = False) -> tuple[torch.Tensor, ...]:
@@ -174,7 +181,8 @@ class ExpertTable:
         """The curvatures' table (values and steps), built on first use like the others: cubic Hermite on the exact
         grid, with the exact third derivatives."""
         if self.curvatures is None:
-            self.curvatures = self._curvature_table()
+            self.curvatures = self._hermite()(*self._curvature_grid)
+            self._curvature_grid = None
         return self.curvatures
 
     def energy(self, z: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
