@@ -2,6 +2,7 @@
 
     python benchmarks/restore.py --markdown benchmarks/results/restore.md            # BSD68, 7x7
     python benchmarks/restore.py --tune --data ../shared/data/bsds400 --images 8 --crop 240   # tuning
+    python benchmarks/restore.py --variants --images 17 --markdown benchmarks/results/restore-variants.md
 
 Every image (BSD68 by default, gray, [0, 1]) is degraded by each task, seeded per image:
 
@@ -40,35 +41,57 @@ BLUR_STD, BLUR_SIZE, BLUR_NOISE = 1.6, 17, 2 / 255
 BALANCE, RL_ITERATIONS = 0.03, 2  # the baselines' best on BSDS400 crops (--tune)
 
 
+VARIANTS = ("blur:1.0:2", "blur:2.5:2", "blur:1.6:5", "motion:15:30:2", "mask:0.3", "mask:0.7", "scale:3:box",
+            "scale:2:bicubic")
+"""``--variants``: neighbours of the tuned configurations (blur std and noise, a motion blur, the share of missing
+pixels, the scale and the downsampler), with the same schedules."""
+
+
 def degrade(task: str, clean: np.ndarray, rng: np.random.Generator):
-    """``(clean, observed, forward model keywords for restore_array)`` of ``task``."""
+    """``(clean, observed, forward model keywords for restore_array)`` of ``task``: ``blur``, ``mask``, ``scale`` (the
+    issue's configurations), or a variant ``blur:STD:NOISE``, ``motion:LENGTH:ANGLE:NOISE`` (noise 0-255),
+    ``mask:MISSING`` (a fraction), ``scale:FACTOR:DOWNSAMPLER``."""
     from scipy.ndimage import convolve
 
-    if task == "blur":
-        kernel = gaussian_kernel(BLUR_STD, BLUR_SIZE)
-        observed = convolve(clean, kernel, mode="reflect") + BLUR_NOISE * rng.standard_normal(clean.shape)
-        return clean, observed, {"kernel": kernel, "sigma": BLUR_NOISE}
-    if task == "mask":
-        known = rng.random(clean.shape) >= 0.5
+    from gmdm_cli.restoration import downsampling_matrix, motion_kernel
+
+    kind, *values = task.split(":")
+    if kind in ("blur", "motion"):
+        if kind == "motion":
+            kernel, noise = motion_kernel(float(values[0]), float(values[1])), float(values[2]) / 255
+        else:
+            std, noise = (float(values[0]), float(values[1]) / 255) if values else (BLUR_STD, BLUR_NOISE)
+            kernel = gaussian_kernel(std, BLUR_SIZE if not values else None)
+        observed = convolve(clean, kernel, mode="reflect") + noise * rng.standard_normal(clean.shape)
+        return clean, observed, {"kernel": kernel, "sigma": noise}
+    if kind == "mask":
+        known = rng.random(clean.shape) >= (float(values[0]) if values else 0.5)
         return clean, clean * known, {"mask": known, "sigma": 0.0}
-    height, width = clean.shape[0] // 2, clean.shape[1] // 2
-    clean = clean[:2 * height, :2 * width]
-    return clean, clean.reshape(height, 2, width, 2).mean((1, 3)), {"scale": 2, "sigma": 0.0}
+    factor, downsampler = (int(values[0]), values[1]) if values else (2, "box")
+    height, width = clean.shape[0] // factor, clean.shape[1] // factor
+    clean = clean[:factor * height, :factor * width]
+    rows, columns = (downsampling_matrix(n, factor, downsampler).numpy() for n in clean.shape)
+    return clean, rows @ clean @ columns.T, {"scale": factor, "downsampler": downsampler, "sigma": 0.0}
 
 
 def baselines(task: str, observed: np.ndarray, forward: dict, clean: np.ndarray, balance: float = BALANCE,
               rl_iterations: int = RL_ITERATIONS) -> dict[str, tuple[float, float]]:
-    """``{name: (PSNR, seconds)}`` of scikit-image's methods for ``task``."""
+    """``{name: (PSNR, seconds)}`` of scikit-image's methods for ``task``; for a variant (``":"`` in ``task``) the
+    deconvolutions' parameters are those of the tuning grid that do best on this very image (an advantage the
+    baselines get, not gmdm)."""
     from skimage import restoration, transform
 
     runs = {}
-    if task == "blur":
+    if "kernel" in forward:
         kernel = forward["kernel"]
-        runs[f"wiener (balance {balance:g})"] = lambda: restoration.wiener(observed, kernel, balance)
+        balances, counts = ((0.003, 0.01, 0.03, 0.1), (2, 5, 10, 20)) if ":" in task else ((balance,), (rl_iterations,))
+        for value in balances:
+            runs[f"wiener (balance {value:g})"] = lambda value=value: restoration.wiener(observed, kernel, value)
         runs["unsupervised_wiener"] = lambda: restoration.unsupervised_wiener(observed, kernel, rng=0)[0]
-        runs[f"richardson_lucy ({rl_iterations} it.)"] = lambda: restoration.richardson_lucy(
-            observed, kernel, rl_iterations, clip=False)
-    elif task == "mask":
+        for value in counts:
+            runs[f"richardson_lucy ({value} it.)"] = lambda value=value: restoration.richardson_lucy(
+                observed, kernel, value, clip=False)
+    elif "mask" in forward:
         runs["inpaint_biharmonic"] = lambda: restoration.inpaint_biharmonic(observed, ~forward["mask"])
     else:
         runs["bicubic (resize, order 3)"] = lambda: transform.resize(observed, clean.shape, order=3)
@@ -77,6 +100,11 @@ def baselines(task: str, observed: np.ndarray, forward: dict, clean: np.ndarray,
         started = time.perf_counter()
         estimate = run()
         results[name] = (psnr(estimate, clean), time.perf_counter() - started)
+    if ":" in task and "kernel" in forward:  # per image, the best of each family
+        for family in ("wiener", "richardson_lucy"):
+            best = max((value for name, value in results.items() if name.startswith(family)), key=lambda v: v[0])
+            results = {name: value for name, value in results.items() if not name.startswith(family)}
+            results[f"{family} (best parameter per image)"] = best
     return results
 
 
@@ -147,6 +175,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="the neighbours of VARIANTS instead of --tasks")
     parser.add_argument("--markdown", help="also write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,7 +187,7 @@ def main() -> int:
         lines = [head + ": tuning", ""] + tune(model, cleans, args.seed, args.tasks.split(","))
     else:
         lines = [head, "", "| task | method | PSNR dB | gmdm - it | s per image |", "|---|---|---|---|---|"]
-        for task in args.tasks.split(","):
+        for task in VARIANTS if args.variants else args.tasks.split(","):
             results = evaluate(model, task, cleans, None, args.seed)
             ours = results["gmdm"][0]
             for name, (value, seconds) in results.items():

@@ -225,12 +225,14 @@ class Downsample(_Operator):
     def __init__(self, shape: tuple[int, int], factor: int, downsampler: str, dtype, device):
         height, width = shape[0] * factor, shape[1] * factor
         self.shape = (height, width)
-        self.rows, self.columns = (downsampling_matrix(n, factor, downsampler).to(device, dtype)
-                                   for n in (height, width))
+        matrices = [downsampling_matrix(n, factor, downsampler) for n in (height, width)]  # float64
+        self.rows, self.columns = (m.to(device, dtype) for m in matrices)
         self.up = [upsampling_matrix(n, factor).to(device, dtype) for n in shape]
-        # A^T A = (D_r^T D_r) (x) (D_c^T D_c): the data step in the eigenbases of the two small matrices
+        # A^T A = (D_r^T D_r) (x) (D_c^T D_c): the data step in the eigenbases of the two small matrices, found in
+        # float64 (in float32 the null space's eigenvalues come out ~1e-7 instead of 0)
         (self.row_values, self.row_vectors), (self.column_values, self.column_vectors) = (
-            torch.linalg.eigh(m.T @ m) for m in (self.rows, self.columns))
+            (values.to(device, dtype), vectors.to(device, dtype))
+            for values, vectors in (torch.linalg.eigh(m.T @ m) for m in matrices))
 
     def start(self, y: torch.Tensor) -> torch.Tensor:
         return self.up[0] @ y @ self.up[1].T
@@ -249,7 +251,7 @@ class Downsample(_Operator):
         if mu > 0:
             solved = right / (values + mu)
         else:  # exact: A x = y, and x = z on the null space of A
-            known = values > 1e-9 * float(values.max())
+            known = values > 1e-6 * float(values.max())
             fallback = self.row_vectors.T @ z @ self.column_vectors
             solved = torch.where(known, right / values.clamp_min(1e-30), fallback)
         return self.row_vectors @ solved @ self.column_vectors.T
