@@ -27,9 +27,9 @@ import torch
 
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.calibration import QUIET_SELECTION_FROM
-from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, expert_mean_energies, response_histograms,
-                            window_energies)
-from gmdm_cli.sites import argmin_refined
+from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, expert_mean_energies, flat_levels,
+                            response_histograms, window_energies)
+from gmdm_cli.sites import argmin_refined, sigma_levels
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
@@ -44,7 +44,9 @@ RAMPS = ((15, 30), (20, 40), (25, 50), (30, 60))  # auto: flat below the first, 
 def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
     """Raw estimates (0-1 scale) of every variant: fractions, quantiles, mean-energy."""
     whole = estimate_global_sigma(model, noisy)
-    blocks, levels = window_energies(model, noisy, window, whole)
+    levels = flat_levels(whole, sigma_levels())
+    blocks = window_energies(model, noisy, levels, window)
+    levels = levels.to(blocks)
     argmins = argmin_refined(blocks, levels)
     order = torch.argsort(argmins)
     values = []

@@ -141,42 +141,58 @@ def estimate_flat_sigma(model: GMDM, image: torch.Tensor, window: int = 15, frac
                         whole: float | None = None) -> float:
     """Raw noise level of a gray image ``(H, W)`` (0-1 scale) from its flattest regions.
 
-    Patch energies are computed on the levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the whole-image
-    estimate :func:`estimate_global_sigma` (content only raises an argmin; a fixed ladder, so the expert
-    tables are built once for many images) and averaged over ``window x window``
+    Patch energies are computed on the levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the
+    whole-image estimate :func:`estimate_global_sigma` (content only raises an argmin; a fixed ladder, so the
+    expert tables are built once for many images) and averaged over ``window x window``
     blocks of patch positions (overlapping by two thirds); every block gets its argmin. The ``fraction`` of
     blocks with the lowest argmin are the flattest regions: the estimate is the argmin over ``t`` of their
-    mean energy, i.e. Fig. 4's estimator restricted to them. Window 15 and fraction 1 % were chosen on
-    BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on BSD68). Uncalibrated: selecting low
-    blocks biases it low by the same factor for every image, which :func:`~gmdm_cli.calibration.calibrate_noise` removes.
-    ``whole``: the whole-image estimate when it is already known.
+    mean energy, i.e. Fig. 4's estimator restricted to them. When that argmin is the ladder's lowest level (an
+    image with texture everywhere raises the whole-image estimate to 4-6 times the noise at sigma 2-5), the
+    ladder is extended downwards until it is not. Window 15 and fraction 1 % were chosen on
+    BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on BSD68).
+    Uncalibrated: selecting low blocks biases it low by the same factor for every image, which
+    :func:`~gmdm_cli.calibration.calibrate_noise` removes. ``whole``: the whole-image estimate when it is
+    already known.
     """
-    blocks, levels = window_energies(model, image, window, whole)
-    flattest = torch.argsort(argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
-    return float(argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
+    whole = estimate_global_sigma(model, image) if whole is None else whole
+    ladder = sigma_levels()
+    levels = flat_levels(whole, ladder)
+    blocks = window_energies(model, image, levels, window)
+    while True:
+        flattest = torch.argsort(argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
+        estimate = float(argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
+        lowest = int(torch.searchsorted(ladder, levels[0].double()))
+        if estimate > levels[1] or lowest == 0:
+            return estimate
+        below = ladder[max(lowest - 4, 0):lowest].to(levels)  # 4 levels (a factor 1.5) further down
+        blocks = torch.cat([window_energies(model, image, below, window), blocks])
+        levels = torch.cat([below, levels])
 
 
-def window_energies(model: GMDM, image: torch.Tensor, window: int = 15,
-                    whole: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean patch energies over ``window x window`` blocks of patch positions (stride ``window // 3``), on the
-    levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the whole-image estimate ``whole`` (computed when not
-    given), one more on each side: ``(energies (K, blocks), levels (K,))`` for :func:`estimate_flat_sigma`.
-    A band model's blocks are of lattice cells (:meth:`~gmdm_cli.kinds.GMDM.site_grid`), ``window`` pixels wide (rounded)."""
+def flat_levels(whole: float, ladder: torch.Tensor) -> torch.Tensor:
+    """The levels of ``ladder`` from 0.15 to 1.2 times the whole-image estimate ``whole`` (at least 2/255), one
+    more on each side: where :func:`estimate_flat_sigma` looks first."""
+    whole = max(whole, 2 / 255)
+    inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
+    return ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
+
+
+def window_energies(model: GMDM, image: torch.Tensor, levels: torch.Tensor, window: int = 15) -> torch.Tensor:
+    """Mean patch energies at ``levels`` over ``window x window`` blocks of patch positions (stride
+    ``window // 3``): ``(K, blocks)`` for :func:`estimate_flat_sigma`, in the model's dtype. A band model's blocks
+    are of lattice cells (:meth:`~gmdm_cli.kinds.GMDM.site_grid`), ``window`` pixels wide (rounded). Blocks
+    with a clipped pixel (:func:`~gmdm_cli.sites.usable_sites`) are left out, unless all have one."""
     import torch.nn.functional as F
 
-    whole = max(estimate_global_sigma(model, image) if whole is None else whole, 2 / 255)
-    ladder = sigma_levels()
-    inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
-    levels = ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
     energies = patch_energies(model, image, levels)  # (K, h, w)
     window = max(1, min(round(window / model.site_grid(image.shape[-2:])[3]), *energies.shape[-2:]))
     stride = max(1, window // 3)
     blocks = F.avg_pool2d(energies[None], window, stride=stride)[0].flatten(1)
     usable = usable_sites(model, image.reshape(1, 1, *image.shape[-2:]))
-    if usable is not None:  # blocks with a clipped pixel are left out, unless all have one
+    if usable is not None:
         clean = F.max_pool2d((~usable).to(blocks.dtype)[None], window, stride=stride).flatten() == 0
         blocks = blocks[:, clean] if bool(clean.any()) else blocks
-    return blocks, levels.to(blocks.dtype)
+    return blocks
 
 
 def apply_calibration(sigma, calibration: dict | None):

@@ -58,6 +58,25 @@ def test_flat_estimate_ignores_texture_that_biases_the_mean_energy(model, sigma)
     assert 0.5 * sigma < flat[0] < sigma  # raw: biased low by selecting the lowest blocks, calibrated later
 
 
+@pytest.mark.parametrize("sigma", [2 / 255, 3 / 255])
+def test_flat_estimate_finds_low_noise_when_texture_is_everywhere_else(model, sigma):
+    """Dense texture around one flat square raises the whole-image estimate to 5-7 times the noise, so the flat
+    estimator's first ladder (from 0.15 times it) starts above the flattest windows' level: it must extend
+    the ladder downwards (it returned its lowest level, about 1.9 / 255 raw, 3.6 / 255 calibrated, before)."""
+    from skimage import data
+
+    from gmdm_cli.noise import estimate_global_noise, flat_levels
+    from gmdm_cli.sites import sigma_levels
+
+    image = data.grass()[:160, :160] / 255.0
+    image[20:60, 20:60] = 0.4
+    noisy = torch.tensor(image + sigma * np.random.default_rng(4).standard_normal(image.shape), dtype=torch.float32)
+    first = flat_levels(estimate_global_sigma(model, noisy), sigma_levels())
+    raw = estimate_flat_sigma(model, noisy)
+    assert raw < float(first[1]) and raw < 0.8 * sigma
+    assert estimate_global_noise(model, noisy)[0] == pytest.approx(sigma, rel=0.15)
+
+
 def test_unknown_estimator_is_refused(model, camera):
     with pytest.raises(ValueError, match="unknown estimator"):
         estimate_noise(model, camera, estimator="median")
