@@ -14,7 +14,11 @@ them: the experts whose argmin natural content raises least, high-frequency filt
 texture differ most): pooled over a neighbourhood of 9 x 9 sites they give a local estimate whose median
 over an image is within 1 % of the true level at sigma 5-50 without calibration, where all experts together
 read texture as 10 % more noise at sigma 5. They are evaluated every second patch position in each direction
-(a quarter of the patches; a band model's lattice cells all), at the levels of a geometric ladder.
+(a quarter of the patches; a band model's lattice cells all), at the levels of a geometric ladder. What texture
+still adds to the quiet level is then taken out with the help of all experts' local level, which texture raises
+about three times as much and noise alike (:func:`texture_corrected`): the map's levels in textured regions
+come down to the noise's, and with them the blur EB-PA gave texture (BSDS400, EB-PA: +0.2 to +0.3 dB on
+noise that varies over the image over the uncorrected map).
 
 Clipped files: pixels at exactly 0 or 1 when the image's range ends there (8- or 16-bit files saturate)
 carry no noise, or a clipped one; every patch that holds one or lies within a patch's width of one is left out
@@ -49,15 +53,17 @@ NLF_BINS = 16  # intensity bins of the noise-level function's fit
 # "auto" (:func:`choose`): the gain each model needs, (nats per site, nats per site times the noise variance)
 NEEDED_GAINS = {"nlf": (0.01, 1e-4), "map": (0.15, 1e-3)}
 SPREAD_LIMIT = 1.5  # typical local level over the global one above which the noise is not one level
-NLF_CAP = 1.2  # the noise-level function's levels stay below this times the local ones
+TEXTURE_RATIO = 3.0  # what texture adds to all experts' local level over what it adds to the quiet ones'
+MAP_FLOOR = 0.9  # texture-corrected local levels stay above this times the global (quietest regions') level
 
 
 @dataclass
 class SiteEnergies:
-    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` at
-    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, the sites' mean intensities and which
-    are usable (:func:`~gmdm_cli.sites.usable_sites`)."""
+    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` and all
+    experts' (``everything``) at ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, the
+    sites' mean intensities and which are usable (:func:`~gmdm_cli.sites.usable_sites`)."""
     energies: torch.Tensor
+    everything: torch.Tensor
     levels: torch.Tensor
     means: torch.Tensor
     valid: torch.Tensor
@@ -68,8 +74,9 @@ class SiteEnergies:
 @dataclass
 class NoiseEstimate:
     """A blind estimate: the chosen noise ``model``, its per-pixel level ``sigma_map`` ``(H, W)`` ([0, 1] scale)
-    and what was fitted: the constant level (the median local level where the global one was not needed), the
-    noise-level function ``(a, b)``, the binned levels by intensity, and each candidate's gain."""
+    and what was fitted: the constant level (the calibrated global estimate; the median local level for a model
+    without calibration), the noise-level function ``(a, b)``, the binned levels by intensity, and each
+    candidate's gain."""
     model: str
     sigma_map: np.ndarray
     sigma: float
@@ -93,20 +100,26 @@ def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> 
     experts = list(range(model.num_filters)) if experts is None else experts
     rows, columns, footprint, stride = model.site_grid(image.shape)
     step = 2 if stride == 1 else 1
-    index = torch.as_tensor(experts, device=image.device)
+    every = torch.arange(model.num_filters, device=image.device)
+    quiet = torch.as_tensor(experts, device=image.device)
     images = image[None, None].to(model.logits.dtype)
 
     def keep(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:
-        return z[0, index, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
+        return z[0, :, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
 
     with torch.no_grad():
-        z = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, Q, h, w)
+        z = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, J, h, w)
         tables = [expert_table(model, float(time_from_sigma(float(s)))) for s in levels]
-        energies = torch.stack([_energy(model, table, z, index)[0].sum(0) for table in tables]).double()
+        energies, everything = [], []
+        for table in tables:
+            each = _energy(model, table, z, every)[0]
+            energies.append(each[quiet].sum(0))
+            everything.append(each.sum(0))
+        energies, everything = torch.stack(energies).double(), torch.stack(everything).double()
         means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
         usable = usable_sites(model, images)
         valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
-    return SiteEnergies(energies, levels.to(energies), means, valid, step, tuple(image.shape))
+    return SiteEnergies(energies, everything, levels.to(energies), means, valid, step, tuple(image.shape))
 
 
 def _energy(model, table, z: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -138,13 +151,29 @@ def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
     return torch.lerp(low, high, fraction)
 
 
-def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS) -> torch.Tensor:
-    """The argmin of each site's usable neighbours' summed energies ``(h, w)``; sites with none take the
-    argmin of all usable sites."""
-    weights = sites.valid.to(sites.energies.dtype)
-    pooled, counts = _box(sites.energies * weights, radius), _box(weights, radius)
-    overall = (sites.energies * weights).sum((1, 2)) / weights.sum().clamp_min(1)
+def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS, energies: torch.Tensor | None = None) -> torch.Tensor:
+    """The argmin of each site's usable neighbours' summed energies ``(h, w)`` (the quiet experts', or
+    ``energies``); sites with none take the argmin of all usable sites."""
+    energies = sites.energies if energies is None else energies
+    weights = sites.valid.to(energies.dtype)
+    pooled, counts = _box(energies * weights, radius), _box(weights, radius)
+    overall = (energies * weights).sum((1, 2)) / weights.sum().clamp_min(1)
     return argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
+
+
+def texture_corrected(sites: SiteEnergies, quiet: torch.Tensor, floor: float) -> torch.Tensor:
+    """Local noise levels ``(h, w)`` with the part that texture adds taken out (Sec. 4.4's argmin reads texture
+    as noise). Texture adds a variance to a local level, noise its own; the quiet experts see texture least,
+    all experts together :data:`TEXTURE_RATIO` times as much (the ratio of the two added variances, measured
+    on BSDS400 training images at sigma 5, where texture dominates: 3.4-4.2), while both read the noise alike
+    (their levels agree within a few % on smooth images). With ``q`` the quiet local level (``quiet``) and
+    ``a`` all experts' (:func:`local_levels` of ``sites.everything``), the noise's level is
+    ``n^2 = q^2 - (a^2 - q^2) / (TEXTURE_RATIO - 1)``, kept between ``floor`` (where the correction took away
+    too much: the level of the image's quietest regions) and ``q``."""
+    everything = local_levels(sites, energies=sites.everything)
+    added = (everything.square() - quiet.square()).clamp_min(0) / (TEXTURE_RATIO - 1)
+    corrected = (quiet.square() - added).clamp_min(floor**2).sqrt()
+    return torch.minimum(corrected, quiet.clamp_min(floor))
 
 
 def fit_nlf(sites: SiteEnergies, local: torch.Tensor, bins: int = NLF_BINS):
@@ -225,13 +254,14 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     """The blind noise estimate of a gray image ``(H, W)`` (numpy, [0, 1] scale).
 
     Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`;
-    the median local level for a model without a ``"flat"`` calibration),
-    ``"nlf"`` (:func:`fit_nlf`) and ``"map"`` (:func:`local_levels`). Each candidate's *gain* is how much lower
-    the mean quiet energy of the usable sites is under it than under the best single level (a log-likelihood
-    ratio per site, in nats). ``noise_model="auto"`` chooses by the gains (:func:`choose`); any other of
-    :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global level, when already known;
-    otherwise it is measured only if the choice needs it (most of the time of a blind estimate), and the
-    estimate's ``sigma`` is the median local level when it was not.
+    the median local level for a model without a ``"flat"`` calibration), ``"nlf"`` (:func:`fit_nlf`) and
+    ``"map"`` (:func:`local_levels`, less what texture adds: :func:`texture_corrected`, never below
+    :data:`MAP_FLOOR` times the global level; the noise-level function's levels are capped by these). Each
+    candidate's *gain* is how much lower the mean quiet energy of the usable sites is under it than under the
+    best single level (a log-likelihood ratio per site, in nats), the map's of the local levels before the
+    correction. ``noise_model="auto"`` chooses by the gains
+    (:func:`choose`); any other of :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global
+    level, when already known.
     """
     from .noise import calibration_for, estimate_global_noise
 
@@ -247,29 +277,23 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     gains = {"nlf": best_single - float(energy_at(sites, sigma_nlf)[valid].mean()),
              "map": best_single - float(energy_at(sites, local)[valid].mean())}
     typical = float(local[valid].median())
-    if calibration_for(model, "flat") is None:  # a raw flat estimate reads low (it keeps the quietest windows)
-        constant = typical
-
-    def global_level() -> float:
-        nonlocal constant
-        if constant is None:
-            constant = estimate_global_noise(model, tensor)[0]
-        return constant
-
-    chosen = noise_model if noise_model != "auto" else choose(gains, global_level, typical)
-    if chosen == "constant":
-        sigma_map = torch.full(sites.shape, global_level(), dtype=torch.float64)
-    elif chosen == "nlf":  # never above what the local energies allow (texture only raises them)
-        sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), NLF_CAP * pixel_levels(model, sites, local))
+    if calibration_for(model, "flat") is None:  # no calibrated global level: the quietest sites' (uncalibrated)
+        constant, quietest = typical, float(torch.quantile(local[valid], 0.01))
     else:
-        sigma_map = pixel_levels(model, sites, local)
-    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), typical if constant is None else constant,
-                         (a, b), curve, gains)
+        constant = estimate_global_noise(model, tensor)[0] if constant is None else constant
+        quietest = constant
+    chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
+    if chosen == "constant":
+        return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains)
+    sigma_map = pixel_levels(model, sites, texture_corrected(sites, local, MAP_FLOOR * quietest))
+    if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them)
+        sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map)
+    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
 
 
-def choose(gains: dict, global_level, typical: float) -> str:
-    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind`, the global level (a function
-    that measures it: only the last step needs it) and the ``typical`` local level (the median over the image).
+def choose(gains: dict, constant: float, typical: float) -> str:
+    """``"auto"``'s choice from the gains (nats per site) of :func:`estimate_blind`, the global level ``constant``
+    and the ``typical`` local level (the median over the image).
 
     The map always gains: by chance, up to ~0.06 nats per site whatever the level, and on texture, which it
     reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed fraction of
@@ -277,8 +301,7 @@ def choose(gains: dict, global_level, typical: float) -> str:
     parts of :data:`NEEDED_GAINS` (the variance: the typical level's) and the noise-level function explains less
     than half of it. The noise-level function has two parameters and follows texture much less, but at low noise
     texture whose amount goes with the intensity passes for it (0.2 nats at sigma 5 on training images): it
-    needs :data:`NEEDED_GAINS` ``["nlf"]``, and its levels are capped at :data:`NLF_CAP` times the local ones.
-    Else one level, unless the typical level is more than
+    needs :data:`NEEDED_GAINS` ``["nlf"]``. Else one level, unless the typical level is more than
     :data:`SPREAD_LIMIT` times the global one: the global estimate reads the flattest regions, and noise whose
     typical level is far above theirs is not one level (denoising at the quietest level left 4-8 dB of noise in
     smooth fields); then the map. Set on BSDS400 training images (``benchmarks/blind.py --data
@@ -293,7 +316,7 @@ def choose(gains: dict, global_level, typical: float) -> str:
         return "map"
     if passes("nlf"):
         return "nlf"
-    return "map" if typical > SPREAD_LIMIT * global_level() else "constant"
+    return "map" if typical > SPREAD_LIMIT * constant else "constant"
 
 
 def blind_levels(model, image, noise_model: str = "auto",

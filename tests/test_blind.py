@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import gmdm_cli
-from gmdm_cli.blind import estimate_blind, fit_nlf, local_levels, site_energies
+from gmdm_cli.blind import estimate_blind, fit_nlf, local_levels, nlf_levels, site_energies
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.cli import cli
 from gmdm_cli.noise import estimate_noise
@@ -42,22 +42,52 @@ def test_noise_level_function_fit_recovers_a_and_b(model):
                                             ("ramp", "map"), ("fine-checkerboard", "constant")])
 def test_auto_chooses_the_noise_model_of_each_kind(model, camera, kind, expected):
     """Constant noise keeps one level; signal-dependent noise gets the noise-level function; noise that changes
-    over the image gets the map. A checkerboard of 8-pixel squares varies faster than any map can follow (and
-    the true map gains nothing over one level there): one level."""
+    over the image gets the (texture-corrected) map. A checkerboard of 8-pixel squares varies faster than any map can
+    follow (and the true map gains nothing over one level there): one level."""
     rows, columns = np.mgrid[0:camera.shape[0], 0:camera.shape[1]]
     std = {"constant": np.full(camera.shape, 0.08), "signal": np.sqrt(0.01 * camera + 0.0004),
            "step": np.where(columns < camera.shape[1] // 2, 0.04, 0.16),
            "ramp": 0.02 + 0.18 * columns / columns.max(),
            "fine-checkerboard": np.where((rows // 8 + columns // 8) % 2 == 0, 0.1, 0.2)}[kind]
-    estimate = estimate_blind(model, _noisy(camera, std, 2))
+    noisy = _noisy(camera, std, 2)
+    estimate = estimate_blind(model, noisy)
     assert estimate.model == expected, estimate.gains
     rmse = np.sqrt(np.mean((estimate.sigma_map - std) ** 2))
-    if kind != "fine-checkerboard":
+    if kind in ("constant", "step", "ramp"):
         assert rmse < 0.2 * np.sqrt(np.mean(std**2)), rmse
+    if kind == "signal":  # the fitted function, lowered where the texture-corrected local levels are lower
+        a, b = estimate.nlf
+        assert abs(a - 0.01) < 0.25 * 0.01, (a, b)  # b: the flat-ish test above
+        function = nlf_levels(model, torch.tensor(noisy, dtype=torch.float32), a, b).numpy()
+        assert np.all(estimate.sigma_map <= function + 1e-6)
+        assert rmse < 0.35 * np.sqrt(np.mean(std**2)), rmse  # measured 0.30: the crop's texture lowers them
     if kind in ("step", "ramp"):  # far closer than the best single level, whose error is the truth's spread
         assert rmse < 0.4 * std.std(), (rmse, std.std())
     if kind == "fine-checkerboard":  # one level: about the best single level
         assert rmse < 1.05 * std.std(), (rmse, std.std())
+
+
+@pytest.mark.parametrize("sigma", [5 / 255, 25 / 255])
+def test_texture_correction_takes_out_what_texture_adds_to_the_local_levels(model, sigma):
+    """Constant noise on an image whose right half is dense texture: the quiet experts' local levels read the
+    texture as more noise (12.5 for 5, 28.5 for 25); the corrected ones come down towards the noise's (8.9,
+    25.8), while on the smooth half, where all experts and the quiet ones agree, nothing changes."""
+    from skimage import data
+
+    from gmdm_cli.blind import texture_corrected
+
+    image = np.tile(np.linspace(0.3, 0.6, 128)[:, None], (1, 128))
+    image[:, 64:] = data.grass()[:128, :64] / 255.0
+    sites = site_energies(model, torch.tensor(_noisy(image, sigma, 6), dtype=torch.float32))
+    quiet = local_levels(sites)
+    corrected = texture_corrected(sites, quiet, 0.0)
+    middle = quiet.shape[1] // 2
+    textured, smooth = (slice(middle + 4, None), slice(None, middle - 4))
+    assert abs(corrected[:, textured].median() - sigma) < 0.6 * abs(quiet[:, textured].median() - sigma)
+    assert torch.allclose(corrected[:, smooth].median(), quiet[:, smooth].median(), rtol=0.01)
+    assert bool((corrected <= quiet + 1e-12).all())
+    floored = texture_corrected(sites, quiet, 0.9 * sigma)
+    assert bool((floored >= 0.9 * sigma - 1e-9).all())
 
 
 def test_blind_denoising_of_constant_noise_is_denoising_at_the_estimated_sigma(model, camera):
