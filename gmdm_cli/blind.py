@@ -59,11 +59,12 @@ MAP_FLOOR = 0.9  # texture-corrected local levels stay above this times the glob
 
 @dataclass
 class SiteEnergies:
-    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` and all
-    experts' (``everything``) at ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, the
-    sites' mean intensities and which are usable (:func:`~gmdm_cli.sites.usable_sites`)."""
+    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` at
+    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, all experts' ``responses`` there
+    ``(1, J, h, w)`` (for :func:`summed_energies` of other experts), the sites' mean intensities and which are
+    usable (:func:`~gmdm_cli.sites.usable_sites`)."""
     energies: torch.Tensor
-    everything: torch.Tensor
+    responses: torch.Tensor
     levels: torch.Tensor
     means: torch.Tensor
     valid: torch.Tensor
@@ -100,26 +101,28 @@ def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> 
     experts = list(range(model.num_filters)) if experts is None else experts
     rows, columns, footprint, stride = model.site_grid(image.shape)
     step = 2 if stride == 1 else 1
-    every = torch.arange(model.num_filters, device=image.device)
-    quiet = torch.as_tensor(experts, device=image.device)
     images = image[None, None].to(model.logits.dtype)
 
     def keep(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:
         return z[0, :, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
 
     with torch.no_grad():
-        z = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, J, h, w)
-        tables = [expert_table(model, float(time_from_sigma(float(s)))) for s in levels]
-        energies, everything = [], []
-        for table in tables:
-            each = _energy(model, table, z, every)[0]
-            energies.append(each[quiet].sum(0))
-            everything.append(each.sum(0))
-        energies, everything = torch.stack(energies).double(), torch.stack(everything).double()
+        responses = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, J, h, w)
+        energies = summed_energies(model, responses, levels, experts)
         means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
         usable = usable_sites(model, images)
         valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
-    return SiteEnergies(energies, everything, levels.to(energies), means, valid, step, tuple(image.shape))
+    return SiteEnergies(energies, responses, levels.to(energies), means, valid, step, tuple(image.shape))
+
+
+def summed_energies(model, responses: torch.Tensor, levels: torch.Tensor, experts) -> torch.Tensor:
+    """``sum_{j in experts} -log psi_j`` of ``responses`` ``(1, J, h, w)`` at every one of ``levels``: ``(K, h, w)``,
+    float64."""
+    index = torch.as_tensor(experts, device=responses.device)
+    z = responses[:, index]
+    with torch.no_grad():
+        return torch.stack([_energy(model, expert_table(model, float(time_from_sigma(float(s)))), z, index)[0].sum(0)
+                            for s in levels]).double()
 
 
 def _energy(model, table, z: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -161,16 +164,17 @@ def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS, energies: torch.
     return argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
 
 
-def texture_corrected(sites: SiteEnergies, quiet: torch.Tensor, floor: float) -> torch.Tensor:
+def texture_corrected(model, sites: SiteEnergies, quiet: torch.Tensor, floor: float) -> torch.Tensor:
     """Local noise levels ``(h, w)`` with the part that texture adds taken out (Sec. 4.4's argmin reads texture
     as noise). Texture adds a variance to a local level, noise its own; the quiet experts see texture least,
     all experts together :data:`TEXTURE_RATIO` times as much (the ratio of the two added variances, measured
     on BSDS400 training images at sigma 5, where texture dominates: 3.4-4.2), while both read the noise alike
     (their levels agree within a few % on smooth images). With ``q`` the quiet local level (``quiet``) and
-    ``a`` all experts' (:func:`local_levels` of ``sites.everything``), the noise's level is
+    ``a`` all experts' (:func:`local_levels` of their :func:`summed_energies`), the noise's level is
     ``n^2 = q^2 - (a^2 - q^2) / (TEXTURE_RATIO - 1)``, kept between ``floor`` (where the correction took away
     too much: the level of the image's quietest regions) and ``q``."""
-    everything = local_levels(sites, energies=sites.everything)
+    everything = local_levels(sites, energies=summed_energies(model, sites.responses, sites.levels,
+                                                              range(model.num_filters)))
     added = (everything.square() - quiet.square()).clamp_min(0) / (TEXTURE_RATIO - 1)
     corrected = (quiet.square() - added).clamp_min(floor**2).sqrt()
     return torch.minimum(corrected, quiet.clamp_min(floor))
@@ -285,7 +289,7 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
         return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains)
-    sigma_map = pixel_levels(model, sites, texture_corrected(sites, local, MAP_FLOOR * quietest))
+    sigma_map = pixel_levels(model, sites, texture_corrected(model, sites, local, MAP_FLOOR * quietest))
     if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them)
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map)
     return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
