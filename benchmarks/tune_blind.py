@@ -4,10 +4,10 @@
 
 For every image and kind of noise (those of ``benchmarks/blind.py``), the PSNR gain of EB-PA over denoising at
 the RMS sigma of the true levels, with: the true levels (oracle); the uncorrected local levels ("raw"); the
-corrected ones for every texture ratio of ``--ratios`` without a floor (0.5 / 255), and at ``TEXTURE_RATIO`` for every floor
-of ``--floors`` (times the global level); and the noise-level function capped by the corrected levels ("nlf
-capped") against the function capped at 1.2 times the raw levels (the rule before the correction). One row per
-kind, the means over the images; results in ``benchmarks/results/blind.md``.
+corrected ones for every texture ratio of ``--ratios`` without a floor (0.5 / 255), and at ``TEXTURE_RATIO``
+for every floor of ``--floors`` (times the global level); and the noise-level function capped by the corrected
+levels ("nlf capped") against the function capped at 1.2 times the raw levels (the rule before the correction).
+One row per kind, the means over the images; results in ``benchmarks/results/blind.md``.
 """
 
 from __future__ import annotations
@@ -35,24 +35,21 @@ def candidates(model, noisy: np.ndarray, ratios, floors) -> dict[str, np.ndarray
     tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
     sites = blind.site_energies(model, tensor)
     quiet = blind.local_levels(sites)
-    everything = blind.local_levels(sites, energies=blind.summed_energies(model, sites.responses, sites.levels,
-                                                                          range(model.num_filters)))
+    everything = blind.all_expert_levels(model, sites)
     constant = estimate_global_noise(model, tensor)[0]
-    added = (everything.square() - quiet.square()).clamp_min(0)
-
-    def corrected(ratio: float, floor: float) -> torch.Tensor:
-        level = (quiet.square() - added / (ratio - 1)).clamp_min(floor**2).sqrt()
-        return torch.minimum(level, quiet.clamp_min(floor))
 
     def pixels(levels: torch.Tensor) -> np.ndarray:
         return blind.pixel_levels(model, sites, levels).double().numpy()
 
+    def corrected(floor: float, ratio: float = blind.TEXTURE_RATIO) -> np.ndarray:
+        return pixels(blind.texture_corrected(quiet, everything, floor, ratio))
+
     variants = {"raw": pixels(quiet)}
-    variants.update({f"ratio {ratio:g}": pixels(corrected(ratio, 0.5 / 255)) for ratio in ratios})
-    variants.update({f"floor {floor:g}": pixels(corrected(blind.TEXTURE_RATIO, floor * constant)) for floor in floors})
+    variants.update({f"ratio {ratio:g}": corrected(0.5 / 255, ratio) for ratio in ratios})
+    variants.update({f"floor {floor:g}": corrected(floor * constant) for floor in floors})
     a, b = blind.fit_nlf(sites, quiet)[0]
     function = blind.nlf_levels(model, tensor, a, b).double().numpy()
-    variants["nlf capped"] = np.minimum(function, pixels(corrected(blind.TEXTURE_RATIO, blind.MAP_FLOOR * constant)))
+    variants["nlf capped"] = np.minimum(function, corrected(blind.MAP_FLOOR * constant))
     variants["nlf before"] = np.minimum(function, 1.2 * variants["raw"])
     return variants
 

@@ -164,18 +164,24 @@ def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS, energies: torch.
     return argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
 
 
-def texture_corrected(model, sites: SiteEnergies, quiet: torch.Tensor, floor: float) -> torch.Tensor:
+def all_expert_levels(model, sites: SiteEnergies) -> torch.Tensor:
+    """:func:`local_levels` of all experts' :func:`summed_energies` at the sites ``(h, w)``: the level texture
+    raises most, for :func:`texture_corrected`."""
+    every = range(model.num_filters)
+    return local_levels(sites, energies=summed_energies(model, sites.responses, sites.levels, every))
+
+
+def texture_corrected(quiet: torch.Tensor, everything: torch.Tensor, floor: float,
+                      ratio: float = TEXTURE_RATIO) -> torch.Tensor:
     """Local noise levels ``(h, w)`` with the part that texture adds taken out (Sec. 4.4's argmin reads texture
     as noise). Texture adds a variance to a local level, noise its own; the quiet experts see texture least,
-    all experts together :data:`TEXTURE_RATIO` times as much (the ratio of the two added variances, measured
-    on BSDS400 training images at sigma 5, where texture dominates: 3.4-4.2), while both read the noise alike
-    (their levels agree within a few % on smooth images). With ``q`` the quiet local level (``quiet``) and
-    ``a`` all experts' (:func:`local_levels` of their :func:`summed_energies`), the noise's level is
-    ``n^2 = q^2 - (a^2 - q^2) / (TEXTURE_RATIO - 1)``, kept between ``floor`` (where the correction took away
-    too much: the level of the image's quietest regions) and ``q``."""
-    everything = local_levels(sites, energies=summed_energies(model, sites.responses, sites.levels,
-                                                              range(model.num_filters)))
-    added = (everything.square() - quiet.square()).clamp_min(0) / (TEXTURE_RATIO - 1)
+    all experts together ``ratio`` (:data:`TEXTURE_RATIO`) times as much (the ratio of the two added variances,
+    measured on BSDS400 training images at sigma 5, where texture dominates: 3.4-4.2), while both read the
+    noise alike (their levels agree within a few % on smooth images). With ``q`` the quiet local level
+    (``quiet``) and ``a`` all experts' (``everything``, :func:`all_expert_levels`), the noise's level is
+    ``n^2 = q^2 - (a^2 - q^2) / (ratio - 1)``, kept between ``floor`` (where the correction took away too much:
+    the level of the image's quietest regions) and ``q``."""
+    added = (everything.square() - quiet.square()).clamp_min(0) / (ratio - 1)
     corrected = (quiet.square() - added).clamp_min(floor**2).sqrt()
     return torch.minimum(corrected, quiet.clamp_min(floor))
 
@@ -289,7 +295,8 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
         return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains)
-    sigma_map = pixel_levels(model, sites, texture_corrected(model, sites, local, MAP_FLOOR * quietest))
+    corrected = texture_corrected(local, all_expert_levels(model, sites), MAP_FLOOR * quietest)
+    sigma_map = pixel_levels(model, sites, corrected)
     if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them)
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map)
     return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)

@@ -157,14 +157,14 @@ def estimate_flat_sigma(model: GMDM, image: torch.Tensor, window: int = 15, frac
     whole = estimate_global_sigma(model, image) if whole is None else whole
     ladder = sigma_levels()
     levels = flat_levels(whole, ladder)
+    lowest = int(torch.searchsorted(ladder, levels[0]))  # the ladder's index of levels[0]
     blocks = window_energies(model, image, levels, window)
     while True:
         flattest = torch.argsort(argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
         estimate = float(argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
-        lowest = int(torch.searchsorted(ladder, levels[0].double()))
         if estimate > levels[1] or lowest == 0:
             return estimate
-        below = ladder[max(lowest - 4, 0):lowest].to(levels)  # 4 levels (a factor 1.5) further down
+        below, lowest = ladder[max(lowest - 4, 0):lowest], max(lowest - 4, 0)  # a factor 1.5 further down
         blocks = torch.cat([window_energies(model, image, below, window), blocks])
         levels = torch.cat([below, levels])
 

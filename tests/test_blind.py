@@ -74,19 +74,20 @@ def test_texture_correction_takes_out_what_texture_adds_to_the_local_levels(mode
     25.8), while on the smooth half, where all experts and the quiet ones agree, nothing changes."""
     from skimage import data
 
-    from gmdm_cli.blind import texture_corrected
+    from gmdm_cli.blind import all_expert_levels, texture_corrected
 
     image = np.tile(np.linspace(0.3, 0.6, 128)[:, None], (1, 128))
     image[:, 64:] = data.grass()[:128, :64] / 255.0
     sites = site_energies(model, torch.tensor(_noisy(image, sigma, 6), dtype=torch.float32))
     quiet = local_levels(sites)
-    corrected = texture_corrected(model, sites, quiet, 0.0)
+    everything = all_expert_levels(model, sites)
+    corrected = texture_corrected(quiet, everything, 0.0)
     middle = quiet.shape[1] // 2
     textured, smooth = (slice(middle + 4, None), slice(None, middle - 4))
     assert abs(corrected[:, textured].median() - sigma) < 0.6 * abs(quiet[:, textured].median() - sigma)
     assert torch.allclose(corrected[:, smooth].median(), quiet[:, smooth].median(), rtol=0.01)
     assert bool((corrected <= quiet + 1e-12).all())
-    floored = texture_corrected(model, sites, quiet, 0.9 * sigma)
+    floored = texture_corrected(quiet, everything, 0.9 * sigma)
     assert bool((floored >= 0.9 * sigma - 1e-9).all())
 
 
