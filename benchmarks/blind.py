@@ -85,13 +85,14 @@ def measure(model, clean: np.ndarray, kind: str, seed: int, method: str, forced:
     record = {"kind": kind, "rms": psnr(at_rms, clean), "blind": psnr(blind, clean),
               "oracle": psnr(denoise_array(model, noisy, truth, method), clean), "chosen": estimate.model,
               "map_rmse": 255 * float(np.sqrt(np.mean((estimate.sigma_map - truth) ** 2))),
-              "gains": estimate.gains, "sigma": estimate.sigma, "nlf": estimate.nlf,
+              "gains": estimate.gains, "sigma": estimate.sigma, "nlf": estimate.nlf, "typical": estimate.typical,
               "seconds": {"blind": blind_seconds, "sigma": sigma_seconds}}
     if forced:  # what every model gives, for tuning the choice
         for name in ("constant", "nlf", "map"):
             levels = estimate.sigma_map if name == estimate.model else estimate_blind(model, noisy, name,
                                                                                       estimate.sigma).sigma_map
             record[f"psnr_{name}"] = psnr(denoise_array(model, noisy, levels, method), clean)
+            record[f"median_{name}"] = float(np.median(levels))
     return record
 
 

@@ -24,7 +24,8 @@ from gmdm_cli import blind
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import estimate_global_noise
+from gmdm_cli.noise import estimate_global_noise, image_sites
+from gmdm_cli.sites import local_levels
 from gmdm_cli.training import find_images, spread
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
@@ -33,10 +34,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 def candidates(model, noisy: np.ndarray, ratios, floors) -> dict[str, np.ndarray]:
     """Per-pixel levels of every variant for one noisy gray image."""
     tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
-    sites = blind.site_energies(model, tensor)
-    quiet = blind.local_levels(sites)
+    sites = image_sites(model, tensor)
+    quiet = local_levels(sites, blind.MAP_RADIUS)
     everything = blind.all_expert_levels(model, sites)
-    constant = estimate_global_noise(model, tensor)[0]
+    constant = estimate_global_noise(model, tensor, sites=sites)[0]
 
     def pixels(levels: torch.Tensor) -> np.ndarray:
         return blind.pixel_levels(model, sites, levels).double().numpy()

@@ -1,15 +1,15 @@
 """Choose the global noise estimators on training images (BSDS400), never on BSD68.
 
-For every image and noise level the window energies are computed once; then the raw global estimate is taken
-for several kept fractions of the windows (the lowest argmins; estimate = argmin of their mean energy) and
-for several quantiles of the window argmins, beside the whole-image argmin ("mean-energy") and scikit-image's
+For every image and noise level the quiet experts' site energies are computed once (``image_sites``); then the
+raw flat estimate is taken for several window radii and kept fractions of the windows (the lowest argmins;
+estimate = argmin of their mean energy), beside the whole-image argmin ("mean-energy") and scikit-image's
 ``estimate_sigma``. Each variant is calibrated on the even-numbered images (the mean raw estimate per level,
 as ``gmdm calibrate`` does) and its mean absolute error and bias (0-255 scale) are printed for the odd ones.
 
 The "quiet" study uses every expert's mean energy over all patches as a function of sigma (160 levels): on
 the even-numbered images the experts are ranked by how far their own argmin exceeds the true level (mean ratio
 over the levels from 15 on, as ``calibrate_noise`` does); "quiet k" is the argmin of the summed energies of
-the first k; "auto" ramps from the flat estimate (fraction 0.01) to quiet 8 between two calibrated flat levels.
+the first k; "auto" ramps from the default flat estimate to quiet 8 between two calibrated flat levels.
 
     python benchmarks/tune_noise.py --model 7x7 --every 14 --save tune_noise.npz
     python benchmarks/tune_noise.py --load tune_noise.npz
@@ -27,34 +27,27 @@ import torch
 
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.calibration import QUIET_SELECTION_FROM
-from gmdm_cli.noise import (apply_calibration, estimate_global_sigma, expert_mean_energies, flat_levels,
-                            response_histograms, window_energies)
-from gmdm_cli.sites import argmin_refined, sigma_levels
+from gmdm_cli.noise import (FLAT_FRACTION, FLAT_RADIUS, apply_calibration, estimate_flat_sigma,
+                            estimate_global_sigma, expert_mean_energies, image_sites, response_histograms)
+from gmdm_cli.sites import argmin_refined
 from gmdm_cli.training import find_images, load_training_images
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds400"
-SIGMAS = (5, 10, 15, 25, 50, 75, 100)
-FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5)
+SIGMAS = (2, 5, 10, 15, 25, 50, 75, 100)
+RADII = (3, 4, 6)
+FRACTIONS = (0.005, 0.01, 0.02, 0.05)
+VARIANTS = [(radius, fraction) for radius in RADII for fraction in FRACTIONS]
+DEFAULT = VARIANTS.index((FLAT_RADIUS, FLAT_FRACTION))
 GRID = np.geomspace(1 / 255, 0.5, 160)  # levels of the experts' energy curves
 QUIET_COUNTS = (4, 6, 8, 12, 16, 24)
 RAMPS = ((15, 30), (20, 40), (25, 50), (30, 60))  # auto: flat below the first, quiet 8 above the second
 
 
-def raw_estimates(model, noisy: torch.Tensor, window: int = 15) -> list[float]:
-    """Raw estimates (0-1 scale) of every variant: fractions, quantiles, mean-energy."""
-    whole = estimate_global_sigma(model, noisy)
-    levels = flat_levels(whole, sigma_levels())
-    blocks = window_energies(model, noisy, levels, window)
-    levels = levels.to(blocks)
-    argmins = argmin_refined(blocks, levels)
-    order = torch.argsort(argmins)
-    values = []
-    for fraction in FRACTIONS:
-        keep = order[:max(1, round(fraction * blocks.shape[1]))]
-        values.append(float(argmin_refined(blocks[:, keep].mean(1, keepdim=True), levels)[0]))
-    values += [float(torch.quantile(argmins.double(), q)) for q in QUANTILES]
-    return values + [max(whole, 2 / 255)]
+def raw_estimates(model, noisy: torch.Tensor) -> list[float]:
+    """Raw estimates (0-1 scale) of every variant: the flat estimate's radii and fractions, mean-energy."""
+    sites = image_sites(model, noisy)
+    values = [estimate_flat_sigma(model, noisy, sites, radius, fraction) for radius, fraction in VARIANTS]
+    return values + [estimate_global_sigma(model, noisy)]
 
 
 def expert_curves(model, noisy: torch.Tensor) -> np.ndarray:
@@ -73,16 +66,15 @@ def calibrated(raw: np.ndarray, fit: np.ndarray) -> np.ndarray:
 def report(results: np.ndarray, curves: np.ndarray | None = None) -> None:
     """results: (images, sigmas, variants + 1), the last variant is estimate_sigma (0-1 scale); curves: (images,
     sigmas, J, len(GRID)) for the quiet study."""
-    names = [f"fraction {f:g}" for f in FRACTIONS] + [f"quantile {q:g}" for q in QUANTILES]
-    names += ["mean-energy", "estimate_sigma"]
+    names = [f"radius {r} fraction {f:g}" for r, f in VARIANTS] + ["mean-energy", "estimate_sigma"]
     fit, test = np.arange(0, len(results), 2), np.arange(1, len(results), 2)
     truth = np.asarray(SIGMAS, dtype=float)
     print(f"{len(results)} images: calibrated on {len(fit)}, tested on {len(test)}; MAE (bias), 0-255 scale")
-    print(f"{'variant':16s}" + "".join(f"{s:>14d}" for s in SIGMAS))
+    print(f"{'variant':24s}" + "".join(f"{s:>14d}" for s in SIGMAS))
 
     def show(name: str, estimate: np.ndarray) -> None:
         error = 255 * estimate[test] - truth
-        print(f"{name:16s}" + "".join(f"{np.abs(e).mean():7.2f}({e.mean():+5.2f})" for e in error.T))
+        print(f"{name:24s}" + "".join(f"{np.abs(e).mean():7.2f}({e.mean():+5.2f})" for e in error.T))
 
     for v, name in enumerate(names):
         show(name, results[:, :, v] if name == "estimate_sigma" else calibrated(results[:, :, v], fit))
@@ -93,7 +85,7 @@ def report(results: np.ndarray, curves: np.ndarray | None = None) -> None:
     ratios = argmin(curves[fit][:, selected]) * 255 / truth[selected, None]  # (fit images, levels, J)
     ranking = np.argsort(ratios.mean((0, 1)))
     print(f"experts by mean ratio (fit images, sigma >= {QUIET_SELECTION_FROM}): {ranking[:12].tolist()}")
-    flat = calibrated(results[:, :, 0], fit)
+    flat = calibrated(results[:, :, DEFAULT], fit)
     for count in QUIET_COUNTS:
         quiet = calibrated(argmin(curves[:, :, ranking[:count]].sum(2)), fit)
         show(f"quiet {count}", quiet)

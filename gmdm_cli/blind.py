@@ -40,36 +40,18 @@ import torch
 import torch.nn.functional as F
 
 from .choices import NOISE_MODELS
-from .denoisers import LADDER_LEVELS, ladder_position
+from .denoisers import ladder_position
 from .image_io import split_alpha
-from .model import time_from_sigma
-from .noise import quiet_experts
-from .sites import argmin_refined, sites_to_pixels, usable_sites
-from .tables import expert_table
+from .noise import image_sites
+from .sites import SiteEnergies, local_levels, sites_to_pixels, summed_energies
 
-LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= 0.5)][::2]  # ~15 % apart
 MAP_RADIUS = 4  # local window: (2 R + 1)^2 sites
 NLF_BINS = 16  # intensity bins of the noise-level function's fit
 # "auto" (:func:`choose`): the gain each model needs, (nats per site, nats per site times the noise variance)
-NEEDED_GAINS = {"nlf": (0.01, 1e-4), "map": (0.15, 1e-3)}
-SPREAD_LIMIT = 1.5  # typical local level over the global one above which the noise is not one level
+NEEDED_GAINS = {"nlf": (0.02, 0.0), "map": (0.15, 1e-3)}
+SPREAD_LIMIT = 1.4  # typical local level over the global one above which the noise is not one level
 TEXTURE_RATIO = 3.0  # what texture adds to all experts' local level over what it adds to the quiet ones'
 MAP_FLOOR = 0.9  # texture-corrected local levels stay above this times the global (quietest regions') level
-
-
-@dataclass
-class SiteEnergies:
-    """The quiet experts' energies (all experts' for a model without a 'quiet' calibration) ``(K, h, w)`` at
-    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, all experts' ``responses`` there
-    ``(1, J, h, w)`` (for :func:`summed_energies` of other experts), the sites' mean intensities and which are
-    usable (:func:`~gmdm_cli.sites.usable_sites`)."""
-    energies: torch.Tensor
-    responses: torch.Tensor
-    levels: torch.Tensor
-    means: torch.Tensor
-    valid: torch.Tensor
-    step: int  # sites kept along each direction, of the model's own (every patch, or every lattice cell)
-    shape: tuple
 
 
 @dataclass
@@ -77,74 +59,23 @@ class NoiseEstimate:
     """A blind estimate: the chosen noise ``model``, its per-pixel level ``sigma_map`` ``(H, W)`` ([0, 1] scale)
     and what was fitted: the constant level (the calibrated global estimate; the median local level for a model
     without calibration), the noise-level function ``(a, b)``, the binned levels by intensity, and each
-    candidate's gain."""
+    candidate's gain, and the typical (median) quiet local level before the texture correction."""
     model: str
     sigma_map: np.ndarray
     sigma: float
     nlf: tuple[float, float]
     curve: list = field(default_factory=list)
     gains: dict = field(default_factory=dict)
+    typical: float = float("nan")
 
     def summary(self) -> dict:
         """JSON-ready, 0-255 scale for the levels (``a`` and ``b`` on the [0, 1] scale of ``sigma^2 = a x + b``)."""
         return {"noise_model": self.model, "sigma_rms": round(255 * float(np.sqrt(np.mean(self.sigma_map**2))), 3),
-                "constant_sigma": round(255 * self.sigma, 3),
+                "constant_sigma": round(255 * self.sigma, 3), "typical_local_sigma": round(255 * self.typical, 3),
                 "nlf": {"a": self.nlf[0], "b": self.nlf[1],
                         "curve": [{"intensity": round(x, 4), "sigma": round(255 * s, 3), "sites": n}
                                   for x, s, n in self.curve]},
                 "gains": {name: round(value, 4) for name, value in self.gains.items()}}
-
-
-def site_energies(model, image: torch.Tensor, levels: torch.Tensor = LEVELS) -> SiteEnergies:
-    """:class:`SiteEnergies` of a gray image ``(H, W)`` (tensor on the model's device)."""
-    experts = quiet_experts(model)  # without a calibration (a model just trained): all experts, texture-prone
-    experts = list(range(model.num_filters)) if experts is None else experts
-    rows, columns, footprint, stride = model.site_grid(image.shape)
-    step = 2 if stride == 1 else 1
-    images = image[None, None].to(model.logits.dtype)
-
-    def keep(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:
-        return z[0, :, (-top) % step::step, ::step]  # rows of the whole grid that are multiples of step
-
-    with torch.no_grad():
-        responses = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, J, h, w)
-        energies = summed_energies(model, responses, levels, experts)
-        means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
-        usable = usable_sites(model, images)
-        valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
-    return SiteEnergies(energies, responses, levels.to(energies), means, valid, step, tuple(image.shape))
-
-
-def summed_energies(model, responses: torch.Tensor, levels: torch.Tensor, experts) -> torch.Tensor:
-    """``sum_{j in experts} -log psi_j`` of ``responses`` ``(1, J, h, w)`` at every one of ``levels``: ``(K, h, w)``,
-    float64."""
-    index = torch.as_tensor(experts, device=responses.device)
-    z = responses[:, index]
-    with torch.no_grad():
-        return torch.stack([_energy(model, expert_table(model, float(time_from_sigma(float(s)))), z, index)[0].sum(0)
-                            for s in levels]).double()
-
-
-def _energy(model, table, z: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """``-log psi_j(z, t)`` of the ``experts`` from ``table``, responses beyond its grid (``gamma`` plus 10 of the
-    expert's standard deviations: levels far below the noise) by the mixture's Gaussian tail
-    ``(|z| - gamma)^2 / (2 sigma_j^2(t))`` from the grid's end instead of exactly: such a level is never an
-    argmin, and the exact mixtures there would cost more than all the rest."""
-    shape = (1, -1, 1, 1)
-    low, high = (end[experts].to(z).view(shape) for end in (table.low, table.high))
-    inside = torch.minimum(torch.maximum(z, low), high)
-    variance = table.variances64[experts].to(z).view(shape)
-    tail = ((z.abs() - model.gamma).square() - (inside.abs() - model.gamma).square()) / (2 * variance)
-    return table.energy(inside, experts) + tail
-
-
-def _box(values: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over ``(2 radius + 1)^2`` neighbours (zero outside), ``(..., h, w)``; separable."""
-    size = 2 * radius + 1
-    x = values.reshape(-1, 1, *values.shape[-2:])
-    x = F.conv2d(F.pad(x, (radius,) * 4), x.new_ones(1, 1, size, 1))
-    x = F.conv2d(x, x.new_ones(1, 1, 1, size))
-    return x.reshape(values.shape)
 
 
 def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
@@ -154,21 +85,11 @@ def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
     return torch.lerp(low, high, fraction)
 
 
-def local_levels(sites: SiteEnergies, radius: int = MAP_RADIUS, energies: torch.Tensor | None = None) -> torch.Tensor:
-    """The argmin of each site's usable neighbours' summed energies ``(h, w)`` (the quiet experts', or
-    ``energies``); sites with none take the argmin of all usable sites."""
-    energies = sites.energies if energies is None else energies
-    weights = sites.valid.to(energies.dtype)
-    pooled, counts = _box(energies * weights, radius), _box(weights, radius)
-    overall = (energies * weights).sum((1, 2)) / weights.sum().clamp_min(1)
-    return argmin_refined((pooled + 1e-3 * overall[:, None, None]) / (counts + 1e-3), sites.levels)
-
-
 def all_expert_levels(model, sites: SiteEnergies) -> torch.Tensor:
     """:func:`local_levels` of all experts' :func:`summed_energies` at the sites ``(h, w)``: the level texture
     raises most, for :func:`texture_corrected`."""
     every = range(model.num_filters)
-    return local_levels(sites, energies=summed_energies(model, sites.responses, sites.levels, every))
+    return local_levels(sites, MAP_RADIUS, summed_energies(model, sites.responses, sites.levels, every))
 
 
 def texture_corrected(quiet: torch.Tensor, everything: torch.Tensor, floor: float,
@@ -278,8 +199,8 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     if noise_model not in NOISE_MODELS:
         raise ValueError(f"unknown noise model '{noise_model}' (choose from {', '.join(NOISE_MODELS)})")
     tensor = torch.as_tensor(np.asarray(image), dtype=model.logits.dtype, device=model.logits.device)
-    sites = site_energies(model, tensor)
-    local = local_levels(sites)
+    sites = image_sites(model, tensor)
+    local = local_levels(sites, MAP_RADIUS)
     (a, b), curve = fit_nlf(sites, local)
     sigma_nlf = (a * sites.means + b).clamp_min(1e-10).sqrt()
     valid = sites.valid if sites.valid.any() else torch.ones_like(sites.valid)
@@ -290,16 +211,16 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     if calibration_for(model, "flat") is None:  # no calibrated global level: the quietest sites' (uncalibrated)
         constant, quietest = typical, float(torch.quantile(local[valid], 0.01))
     else:
-        constant = estimate_global_noise(model, tensor)[0] if constant is None else constant
+        constant = estimate_global_noise(model, tensor, sites=sites)[0] if constant is None else constant
         quietest = constant
     chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
-        return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains)
+        return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains, typical)
     corrected = texture_corrected(local, all_expert_levels(model, sites), MAP_FLOOR * quietest)
     sigma_map = pixel_levels(model, sites, corrected)
     if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them)
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map)
-    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains)
+    return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains, typical)
 
 
 def choose(gains: dict, constant: float, typical: float) -> str:
@@ -310,13 +231,16 @@ def choose(gains: dict, constant: float, typical: float) -> str:
     reads as noise, nats that scale as ``1 / sigma^2`` (texture adds a fixed variance, not a fixed fraction of
     the noise: up to 0.55 nats at sigma 5, 2e-4 nats times the variance). It is chosen when its gain passes both
     parts of :data:`NEEDED_GAINS` (the variance: the typical level's) and the noise-level function explains less
-    than half of it. The noise-level function has two parameters and follows texture much less, but at low noise
-    texture whose amount goes with the intensity passes for it (0.2 nats at sigma 5 on training images): it
-    needs :data:`NEEDED_GAINS` ``["nlf"]``. Else one level, unless the typical level is more than
+    than half of it. The noise-level function has two parameters and follows texture much less; at low noise
+    texture whose amount goes with the intensity passes for it (0.2 nats at sigma 5 on training images), but its
+    levels are capped by the texture-corrected local ones, so that costs little (0.01-0.06 dB at sigma 5-15 on
+    training images) while missing signal-dependent noise costs much (0.3 dB at sigma^2 = 0.001 x + 0.0002): it
+    needs only the small gain of :data:`NEEDED_GAINS` ``["nlf"]``. Else one level, unless the typical level is more than
     :data:`SPREAD_LIMIT` times the global one: the global estimate reads the flattest regions, and noise whose
     typical level is far above theirs is not one level (denoising at the quietest level left 4-8 dB of noise in
     smooth fields); then the map. Set on BSDS400 training images (``benchmarks/blind.py --data
-    ../shared/data/bsds400``, ``benchmarks/results/blind.md``)."""
+    ../shared/data/bsds400 --forced``: the PSNR of every model, then the thresholds that make the worst kind of
+    noise best; ``benchmarks/results/blind.md``)."""
     variance = max(typical, 1 / 255) ** 2
 
     def passes(name: str) -> bool:

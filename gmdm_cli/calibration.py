@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from .kinds import GMDM
-from .noise import (QUIET_EXPERTS, RAW_ESTIMATORS, _histograms, expert_sigmas, histogram_argmin,
-                    raw_global_sigmas)
+from .noise import QUIET_EXPERTS, RAW_ESTIMATORS, _histograms, expert_sigmas, quiet_experts, raw_global_sigmas
 
 CALIBRATION_LEVELS = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 100)  # 0-255 scale
 
@@ -30,17 +29,23 @@ def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 
     increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
     (:func:`expert_sigmas`, searched from half to twice the true level) exceeds the true level least, on
     average over the images and the levels from ``QUIET_SELECTION_FROM`` on (their indices are stored with
-    the curve)."""
+    the curve); ``"flat"`` is measured with those experts (else with the model's own quiet ones, if any)."""
     unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
-    global_ones = [estimator for estimator in estimators if estimator != "quiet"]
-    raw, histograms = _measure(model, images, sigmas, np.random.default_rng(seed), global_ones)
-    extra = {}
+    histograms = None
+    if "quiet" in estimators or "mean-energy" in estimators:
+        histograms = [[_histograms(model, noisy) for noisy in level] for level in _noisy(model, images, sigmas, seed)]
+    experts, extra = quiet_experts(model), {}
     if "quiet" in estimators:
         experts = _quiet_choice(model, histograms, sigmas)
-        raw["quiet"] = [float(np.mean([histogram_argmin(model, h, experts) for h in level])) for level in histograms]
         extra["quiet"] = {"experts": experts}
+    raw = {estimator: [] for estimator in estimators}
+    for k, level in enumerate(_noisy(model, images, sigmas, seed)):
+        found = [raw_global_sigmas(model, noisy, estimators, histograms and histograms[k][i], experts=experts)
+                 for i, noisy in enumerate(level)]
+        for estimator in estimators:
+            raw[estimator].append(float(np.mean([values[estimator] for values in found])))
     result = {}
     for estimator in estimators:
         means = np.maximum.accumulate(np.asarray(raw[estimator])) + 1e-9 * np.arange(len(sigmas))
@@ -49,22 +54,13 @@ def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 
     return result
 
 
-def _measure(model: GMDM, images, sigmas, rng, estimators) -> tuple[dict, list]:
-    """The mean raw estimate of each of ``estimators`` over ``images`` at each level of ``sigmas`` (0-255) with
-    noise from ``rng``, and every noisy image's response histograms (per level, per image)."""
-    raw = {estimator: [] for estimator in estimators}
-    histograms = []
+def _noisy(model: GMDM, images, sigmas, seed: int):
+    """Per level of ``sigmas`` (0-255), the ``images`` with seeded noise of that level (tensors for ``model``):
+    the same every time."""
+    rng = np.random.default_rng(seed)
     for sigma in sigmas:
-        histograms.append([])
-        found = []
-        for image in images:
-            noisy = image + sigma / 255 * rng.standard_normal(image.shape)
-            tensor = torch.as_tensor(noisy, dtype=model.logits.dtype, device=model.logits.device)
-            histograms[-1].append(_histograms(model, tensor))
-            found.append(raw_global_sigmas(model, tensor, estimators, histograms[-1][-1]) if estimators else {})
-        for estimator in estimators:
-            raw[estimator].append(float(np.mean([values[estimator] for values in found])))
-    return raw, histograms
+        yield [torch.as_tensor(image + sigma / 255 * rng.standard_normal(image.shape), dtype=model.logits.dtype,
+                               device=model.logits.device) for image in images]
 
 
 def _quiet_choice(model: GMDM, histograms: list, sigmas) -> list[int]:

@@ -280,10 +280,14 @@ def _over_chunks(function, z: torch.Tensor, variances: torch.Tensor, num_compone
     return torch.cat(parts, 1).view(num_filters, *shape[:1], *shape[2:]).movedim(0, 1)
 
 
-def expert_log_density(model: PatchGMDM, z: torch.Tensor, t) -> torch.Tensor:
-    """``log psi_j(z, t)`` (Eq. 6 at time t), same shape as ``z``."""
+def expert_log_density(model: PatchGMDM, z: torch.Tensor, t, experts: torch.Tensor | None = None) -> torch.Tensor:
+    """``log psi_j(z, t)`` (Eq. 6 at time t), same shape as ``z``; with ``experts`` (indices) ``z``'s dimension 1
+    holds those experts' responses only."""
     variances = model.expert_variances(t, z.dim())
     log_weights = torch.log_softmax(model.logits, dim=1)
+    if experts is not None:
+        variances = variances.index_select(variances.dim() - z.dim() + 1, experts)
+        log_weights = log_weights[experts]
     lse = _over_chunks(lambda zc, vc: _log_mixture(zc, vc, log_weights, model.means),
                        z, variances, model.num_components)
     return lse - 0.5 * torch.log(2 * math.pi * variances)

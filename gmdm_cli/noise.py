@@ -13,23 +13,25 @@ expert's responses. Those are binned once per image into a fine histogram per ex
 and refined by golden-section search.
 
 That estimate is biased by image content: texture is "explained" as noise, so its error varies from
-image to image (on BSD68 it loses to a wavelet MAD estimator). :func:`estimate_flat_sigma` (the default
-of :func:`estimate_noise`) applies the same argmin to the flattest regions only: the energies of all
-patches are pooled over windows, each window gets its argmin, and the windows with the lowest ones are
-pooled for the final argmin. Natural images nearly always have some flat region, where the argmin sees
-noise only; the selection's own bias is the same for every image and is removed by the calibration
-(:func:`~gmdm_cli.calibration.calibrate_noise`).
+image to image (on BSD68 it loses to a wavelet MAD estimator). Texture raises some experts' argmins far more
+than others' (high-frequency filters see little of natural images): the ``"quiet"`` estimate is the
+whole-image argmin over the ``QUIET_EXPERTS`` experts that calibration images raised least.
+:func:`estimate_flat_sigma` applies the argmin of those quiet experts to the flattest regions only: their
+energies at every second patch position are pooled over windows, each window gets its argmin, and the windows
+with the lowest ones are pooled for the final argmin. Natural images nearly always have some flat region,
+where the argmin sees noise only; the selection's own bias is nearly the same for every image and is removed
+by the calibration (:func:`~gmdm_cli.calibration.calibrate_noise`). The same site energies serve the blind
+noise models (:mod:`gmdm_cli.blind`), so a blind estimate computes them once.
 
-The flat estimate sees few pixels, so at high noise its spread (about 1 % of sigma) exceeds that of a
-whole-image estimate. Texture raises some experts' argmins far more than others' (high-frequency filters
-see little of natural images): the ``"quiet"`` estimate is the whole-image argmin over the
-``QUIET_EXPERTS`` experts that calibration images raised least. ``"auto"`` (the default) uses the flat
-estimate at low noise and the quiet one at high noise (:func:`auto_estimate`).
+The flat estimate sees few pixels, so at high noise its spread exceeds that of the whole-image quiet
+estimate: ``"auto"`` (the default) uses the flat estimate at low noise and the quiet one at high noise
+(:func:`auto_estimate`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -38,21 +40,24 @@ from .choices import ESTIMATORS, RAW_ESTIMATORS
 from .kinds import GMDM
 from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
-from .sites import SIGMA_MAX, argmin_refined, patch_energies, sigma_levels, usable_sites
+from .sites import (SIGMA_MAX, SiteEnergies, argmin_refined, box_sum, clipped_pixels, pooled_energies,
+                    sigma_levels, site_energies, usable_sites)
 
 
-def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512):
+def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512, experts=None, sites=None):
     """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``
-    (of the :func:`~gmdm_cli.sites.usable_sites` only, when some hold clipped pixels).
+    (of the :func:`~gmdm_cli.sites.usable_sites` only, when some hold clipped pixels; of the ``sites`` given, a
+    mask of :meth:`~gmdm_cli.kinds.GMDM.site_grid`'s ``(N, rows, columns)``, instead).
 
-    Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
+    Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert. With ``experts``
+    (indices) only their rows are binned (the others stay zero): all that an estimate over them reads.
     """
-    usable = usable_sites(model, images)
+    usable = usable_sites(model, images) if sites is None else sites
+    rows = slice(None) if experts is None else torch.as_tensor(list(experts), device=model.logits.device)
 
-    def responses(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:  # (J, sites)
-        if usable is None:
-            return z.movedim(1, 0).reshape(model.num_filters, -1)
-        return z.movedim(1, 0)[:, usable[:, top:bottom]]
+    def responses(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:  # (experts, sites)
+        z = z.movedim(1, 0)[rows]
+        return z.reshape(z.shape[0], -1) if usable is None else z[:, usable[:, top:bottom]]
 
     with torch.no_grad():
         z = torch.cat(model.site_inputs(images, responses), 1)
@@ -67,23 +72,30 @@ def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512):
     weights.index_add_(0, index, (1 - fraction).reshape(-1))
     weights.index_add_(0, index + 1, fraction.reshape(-1))
     centres = low + step * torch.arange(bins, dtype=z.dtype, device=z.device)
-    return centres, weights.view(-1, bins) / z.shape[1]
+    if experts is None:
+        return centres, weights.view(-1, bins) / z.shape[1]
+    filled = [z.new_zeros(model.num_filters, bins) for _ in range(2)]
+    filled[0][rows], filled[1][rows] = centres, weights.view(-1, bins) / z.shape[1]
+    return tuple(filled)
 
 
-def expert_mean_energies(model: GMDM, histograms, sigma: float) -> torch.Tensor:
-    """``mean_i -log psi_j(<k_j, P_i y>, t)`` of every expert ``(J,)`` at ``t = sigma^2 / 2``, from
-    :func:`response_histograms`."""
+def expert_mean_energies(model: GMDM, histograms, sigma: float, experts=None) -> torch.Tensor:
+    """``mean_i -log psi_j(<k_j, P_i y>, t)`` of every expert ``(J,)`` (of ``experts`` only, when given) at
+    ``t = sigma^2 / 2``, from :func:`response_histograms`."""
     centres, weights = histograms
+    if experts is not None:
+        experts = torch.as_tensor(list(experts), device=centres.device)
+        centres, weights = centres[experts], weights[experts]
     with torch.no_grad():
-        return (-expert_log_density(model, centres[None], time_from_sigma(sigma))[0] * weights).sum(1)
+        return (-expert_log_density(model, centres[None], time_from_sigma(sigma), experts)[0] * weights).sum(1)
 
 
 def mean_patch_energy(model: GMDM, histograms, sigma: float, experts=None) -> float:
     """``mean_i -log f(P_i y, t)`` at ``t = sigma^2 / 2`` from :func:`response_histograms` (normalised); with
     ``experts`` (indices) the sum over those experts only, up to the constant ``log Z``."""
-    energies = expert_mean_energies(model, histograms, sigma)
+    energies = expert_mean_energies(model, histograms, sigma, experts)
     if experts is not None:
-        return float(energies[list(experts)].sum())
+        return float(energies.sum())
     with torch.no_grad():
         return float(energies.sum() - model.log_normaliser())
 
@@ -97,9 +109,9 @@ def estimate_global_sigma(model: GMDM, image: torch.Tensor, bins: int = 512, coa
     return histogram_argmin(model, _histograms(model, image, bins), coarse=coarse, tolerance=tolerance)
 
 
-def _histograms(model: GMDM, image: torch.Tensor, bins: int = 512):
+def _histograms(model: GMDM, image: torch.Tensor, bins: int = 512, experts=None, sites=None):
     images = image if image.dim() == 4 else image[None, None]
-    return response_histograms(model, images.to(model.logits.dtype), bins)
+    return response_histograms(model, images.to(model.logits.dtype), bins, experts, sites)
 
 
 def histogram_argmin(model: GMDM, histograms, experts=None, coarse: int = 14, tolerance: float = 1e-4) -> float:
@@ -137,62 +149,39 @@ QUIET_EXPERTS = 8  # experts kept by the "quiet" estimator
 AUTO_RAMP = (20 / 255, 40 / 255)  # "auto": flat below, quiet above, linear between (on the flat estimate)
 
 
-def estimate_flat_sigma(model: GMDM, image: torch.Tensor, window: int = 15, fraction: float = 0.01,
-                        whole: float | None = None) -> float:
+def image_sites(model: GMDM, image: torch.Tensor, experts=None) -> SiteEnergies:
+    """The :func:`~gmdm_cli.sites.site_energies` of a gray image ``(H, W)`` that the flat estimate and the blind
+    noise models (:mod:`gmdm_cli.blind`) share: of the ``experts`` given, else the model's quiet ones
+    (:func:`quiet_experts`), else (a model without that calibration) of all experts."""
+    return site_energies(model, image, quiet_experts(model) if experts is None else experts)
+
+
+FLAT_RADIUS = 4  # the flat estimate's windows: (2 R + 1)^2 sites, every second patch position
+FLAT_FRACTION = 0.01  # the share of the windows it keeps
+
+
+def estimate_flat_sigma(model: GMDM, image: torch.Tensor, sites: SiteEnergies | None = None,
+                        radius: int = FLAT_RADIUS, fraction: float = FLAT_FRACTION) -> float | None:
     """Raw noise level of a gray image ``(H, W)`` (0-1 scale) from its flattest regions.
 
-    Patch energies are computed on the levels of :func:`~gmdm_cli.sites.sigma_levels` from 0.15 to 1.2 times the
-    whole-image estimate :func:`estimate_global_sigma` (content only raises an argmin; a fixed ladder, so the
-    expert tables are built once for many images) and averaged over ``window x window``
-    blocks of patch positions (overlapping by two thirds); every block gets its argmin. The ``fraction`` of
-    blocks with the lowest argmin are the flattest regions: the estimate is the argmin over ``t`` of their
-    mean energy, i.e. Fig. 4's estimator restricted to them. When that argmin is the ladder's lowest level (an
-    image with texture everywhere raises the whole-image estimate to 4-6 times the noise at sigma 2-5), the
-    ladder is extended downwards until it is not. Window 15 and fraction 1 % were chosen on
-    BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on BSD68).
-    Uncalibrated: selecting low blocks biases it low by the same factor for every image, which
-    :func:`~gmdm_cli.calibration.calibrate_noise` removes. ``whole``: the whole-image estimate when it is
-    already known.
+    The quiet experts' energies of every second patch position (:func:`image_sites`, or ``sites`` when already
+    computed) are averaged over windows of ``(2 radius + 1)^2`` of them, one around every site, and each
+    window gets its argmin over the levels. The ``fraction`` of the windows with the lowest argmins (of those
+    with at least half the sites of a full window usable) are the flattest regions: the estimate is the argmin
+    over ``t`` of their mean energy, i.e. Fig. 4's estimator restricted to them. Radius 4 and fraction 1 % were
+    chosen on BSDS400 training images (``benchmarks/tune_noise.py``; ``benchmarks/noise.py`` measures it on
+    BSD68). Uncalibrated: selecting low windows biases it low by nearly the same factor for every image, which
+    :func:`~gmdm_cli.calibration.calibrate_noise` removes. ``None`` when clipping leaves no window half usable.
     """
-    whole = estimate_global_sigma(model, image) if whole is None else whole
-    ladder = sigma_levels()
-    levels = flat_levels(whole, ladder)
-    lowest = int(torch.searchsorted(ladder, levels[0]))  # the ladder's index of levels[0]
-    blocks = window_energies(model, image, levels, window)
-    while True:
-        flattest = torch.argsort(argmin_refined(blocks, levels))[:max(1, round(fraction * blocks.shape[1]))]
-        estimate = float(argmin_refined(blocks[:, flattest].mean(1, keepdim=True), levels)[0])
-        if estimate > levels[1] or lowest == 0:
-            return estimate
-        below, lowest = ladder[max(lowest - 4, 0):lowest], max(lowest - 4, 0)  # a factor 1.5 further down
-        blocks = torch.cat([window_energies(model, image, below, window), blocks])
-        levels = torch.cat([below, levels])
-
-
-def flat_levels(whole: float, ladder: torch.Tensor) -> torch.Tensor:
-    """The levels of ``ladder`` from 0.15 to 1.2 times the whole-image estimate ``whole`` (at least 2/255), one
-    more on each side: where :func:`estimate_flat_sigma` looks first."""
-    whole = max(whole, 2 / 255)
-    inside = torch.nonzero((ladder >= 0.15 * whole) & (ladder <= 1.2 * whole))[:, 0]
-    return ladder[max(int(inside[0]) - 1, 0):int(inside[-1]) + 2]
-
-
-def window_energies(model: GMDM, image: torch.Tensor, levels: torch.Tensor, window: int = 15) -> torch.Tensor:
-    """Mean patch energies at ``levels`` over ``window x window`` blocks of patch positions (stride
-    ``window // 3``): ``(K, blocks)`` for :func:`estimate_flat_sigma`, in the model's dtype. A band model's blocks
-    are of lattice cells (:meth:`~gmdm_cli.kinds.GMDM.site_grid`), ``window`` pixels wide (rounded). Blocks
-    with a clipped pixel (:func:`~gmdm_cli.sites.usable_sites`) are left out, unless all have one."""
-    import torch.nn.functional as F
-
-    energies = patch_energies(model, image, levels)  # (K, h, w)
-    window = max(1, min(round(window / model.site_grid(image.shape[-2:])[3]), *energies.shape[-2:]))
-    stride = max(1, window // 3)
-    blocks = F.avg_pool2d(energies[None], window, stride=stride)[0].flatten(1)
-    usable = usable_sites(model, image.reshape(1, 1, *image.shape[-2:]))
-    if usable is not None:
-        clean = F.max_pool2d((~usable).to(blocks.dtype)[None], window, stride=stride).flatten() == 0
-        blocks = blocks[:, clean] if bool(clean.any()) else blocks
-    return blocks
+    sites = image_sites(model, image) if sites is None else sites
+    pooled, counts = pooled_energies(sites, radius)
+    levels, counts = argmin_refined(pooled, sites.levels).flatten(), counts.flatten()
+    full = box_sum(torch.ones_like(sites.valid, dtype=counts.dtype), radius).max()  # a whole window's sites
+    candidates = torch.nonzero(counts >= 0.5 * full)[:, 0]
+    if len(candidates) == 0:  # clipping left no window half usable
+        return None
+    flattest = candidates[torch.argsort(levels[candidates])[:max(1, round(fraction * len(candidates)))]]
+    return float(argmin_refined(pooled.flatten(1)[:, flattest].mean(1, keepdim=True), sites.levels)[0])
 
 
 def apply_calibration(sigma, calibration: dict | None):
@@ -216,26 +205,31 @@ def apply_calibration(sigma, calibration: dict | None):
     return float(mapped) if np.ndim(mapped) == 0 else mapped
 
 
-def raw_global_sigmas(model: GMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS,
-                      histograms=None) -> dict[str, float]:
-    """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image, from one
-    set of response histograms: ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4),
-    ``"quiet"`` the same over the experts content raises least (the model's calibration's choice,
-    :func:`quiet_experts`), ``"flat"`` (:func:`estimate_flat_sigma`) starts from the mean-energy one.
-    ``histograms``: the image's :func:`response_histograms` when already computed."""
+def raw_global_sigmas(model: GMDM, image: torch.Tensor, estimators=RAW_ESTIMATORS, histograms=None,
+                      sites: SiteEnergies | None = None, experts=None) -> dict[str, float]:
+    """The uncalibrated global estimates of ``estimators`` (of :data:`RAW_ESTIMATORS`) for a gray image:
+    ``"mean-energy"`` the argmin of the mean energy of all patches (Fig. 4), ``"quiet"`` the same over the experts
+    content raises least, ``"flat"`` (:func:`estimate_flat_sigma`) the flattest regions' argmin over the same
+    experts. ``experts``: those experts (default: the model's calibration's choice, :func:`quiet_experts`);
+    ``histograms``, ``sites``: the image's :func:`response_histograms` and :func:`image_sites` when already
+    computed."""
     unknown = [estimator for estimator in estimators if estimator not in RAW_ESTIMATORS]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(RAW_ESTIMATORS)})")
-    histograms = _histograms(model, image) if histograms is None else histograms
+    experts = quiet_experts(model) if experts is None else experts
+    if "quiet" in estimators and experts is None:
+        raise ValueError("the 'quiet' estimator needs the model's 'quiet' calibration (gmdm calibrate)")
+    if histograms is None and ("mean-energy" in estimators or "quiet" in estimators):
+        histograms = _histograms(model, image, experts=None if "mean-energy" in estimators else experts)
     found = {}
-    if "mean-energy" in estimators or "flat" in estimators:
+    if "mean-energy" in estimators:
         found["mean-energy"] = histogram_argmin(model, histograms)
     if "flat" in estimators:
-        found["flat"] = estimate_flat_sigma(model, image, whole=found["mean-energy"])
+        sites = image_sites(model, image, experts) if sites is None else sites
+        found["flat"] = estimate_flat_sigma(model, image, sites)
+        if found["flat"] is None:  # clipped nearly everywhere: from all windows
+            found["flat"] = estimate_flat_sigma(model, image, replace(sites, valid=torch.ones_like(sites.valid)))
     if "quiet" in estimators:
-        experts = quiet_experts(model)
-        if experts is None:
-            raise ValueError("the 'quiet' estimator needs the model's 'quiet' calibration (gmdm calibrate)")
         found["quiet"] = histogram_argmin(model, histograms, experts)
     return {estimator: found[estimator] for estimator in estimators}
 
@@ -267,28 +261,104 @@ def auto_weight(flat: float) -> float:
     return min(1.0, max(0.0, (high - flat) / (high - low)))
 
 
-def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "auto") -> tuple[float, float]:
+def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "auto",
+                          sites: SiteEnergies | None = None) -> tuple[float, float]:
     """``(calibrated, raw flat or None)`` global noise level of a gray image (0-1 scale) by ``estimator``
-    (``"auto"``: :func:`auto_estimate`)."""
+    (``"auto"``: :func:`auto_estimate`, the quiet estimate measured only where it has a weight); ``sites``: the
+    image's :func:`image_sites` when already computed. On a clipped file (:func:`~gmdm_cli.sites.clipped_pixels`)
+    the quiet estimate is :func:`clipped_quiet_sigma`, and ``"auto"`` is that alone when clipping leaves no
+    usable site for the flat estimate (:func:`~gmdm_cli.sites.usable_sites`: every patch near a saturated pixel,
+    as at sigma 50 on most 8-bit photographs)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}' (choose from {', '.join(ESTIMATORS)})")
+    experts = quiet_experts(model)
+    clipped = experts is not None and bool(clipped_pixels(image).any())
+
+    def quiet() -> float:
+        if clipped:
+            return clipped_quiet_sigma(model, image, experts)
+        return apply_calibration(raw_global_sigmas(model, image, ("quiet",))["quiet"], calibration_for(model, "quiet"))
+
+    if estimator == "quiet":
+        return quiet(), None
     if estimator != "auto":
-        raw = raw_global_sigma(model, image, estimator)
+        raw = raw_global_sigmas(model, image, (estimator,), sites=sites)[estimator]
         return apply_calibration(raw, calibration_for(model, estimator)), raw if estimator == "flat" else None
-    raw = raw_global_sigmas(model, image, ("flat", "quiet") if quiet_experts(model) is not None else ("flat",))
-    return auto_estimate(model, raw), raw["flat"]
+    raw = None if clipped and usable_sites(model, image[None, None]) is None else estimate_flat_sigma(model, image, sites)
+    if raw is None:  # clipped (nearly) everywhere: nothing flat to read
+        return quiet(), None
+    flat = apply_calibration(raw, calibration_for(model, "flat"))
+    return (flat if experts is None else auto_blend(flat, quiet)), raw
+
+
+CLIP_MARGIN = 1.5  # clipped files: the quiet estimate reads sites whose mean is this many sigma from both ends
+
+
+def clipped_quiet_sigma(model: GMDM, image: torch.Tensor, experts, rounds: int = 3) -> float:
+    """The calibrated quiet estimate of a gray image ``(H, W)`` whose values were clipped to [0, 1] (0-1 scale).
+
+    A clipped Gaussian is not a Gaussian, and at high noise (sigma 50 on an 8-bit photograph) nearly every patch
+    holds or neighbours a saturated pixel, so none can be left out as at low noise. Instead the quiet experts
+    read only the sites whose mean intensity ``m`` is at least ``CLIP_MARGIN`` levels from both ends (there few
+    pixels clip), and the level they find, the clipped noise's ``s``, is undone for the clipping that remains:
+    ``sigma`` solves ``mean_i Var(clip(m_i + sigma Z, 0, 1)) = s^2`` over those sites (:func:`clipped_variance`).
+    The selection depends on ``sigma``: ``rounds`` rounds from the estimate over all sites. On 12 BSDS400 images
+    clipped and rounded to 8 bits at sigma 50: mean absolute error 0.49 (scikit-image's ``estimate_sigma``
+    3.89)."""
+    import torch.nn.functional as F
+
+    images = image[None, None].to(model.logits.dtype)
+    rows, columns, footprint, stride = model.site_grid(image.shape[-2:])
+    means = F.avg_pool2d(images, footprint, stride)[:, 0, :rows, :columns].double()  # (1, rows, columns)
+    calibration = calibration_for(model, "quiet")
+    sigma = apply_calibration(histogram_argmin(model, _histograms(model, images, experts=experts), experts), calibration)
+    for _ in range(rounds):
+        kept = (means > CLIP_MARGIN * sigma) & (means < 1 - CLIP_MARGIN * sigma)
+        if int(kept.sum()) < 100:  # too few sites of mid intensity: keep the last estimate
+            break
+        histograms = _histograms(model, images, experts=experts, sites=kept)
+        clipped = apply_calibration(histogram_argmin(model, histograms, experts), calibration)
+        sigma = unclipped_sigma(clipped, means[kept])
+    return sigma
+
+
+def clipped_variance(mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``Var(clip(mean + sigma Z, 0, 1))`` for ``Z ~ N(0, 1)``, elementwise (the truncated-normal moments)."""
+    low, high = -mean / sigma, (1 - mean) / sigma
+    cdf_low, cdf_high = torch.special.ndtr(low), torch.special.ndtr(high)
+    pdf_low, pdf_high = (torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi) for x in (low, high))
+    inside = cdf_high - cdf_low
+    first = (1 - cdf_high) + mean * inside + sigma * (pdf_low - pdf_high)
+    second = (1 - cdf_high) + mean**2 * inside + 2 * mean * sigma * (pdf_low - pdf_high) \
+        + sigma**2 * (inside + low * pdf_low - high * pdf_high)
+    return second - first**2
+
+
+def unclipped_sigma(clipped: float, means: torch.Tensor, steps: int = 40) -> float:
+    """The ``sigma`` whose clipped variance (:func:`clipped_variance`), averaged over sites of intensities
+    ``means``, is ``clipped^2``: bisection on ``[clipped, 4 clipped]`` (clipping only lowers the variance)."""
+    low, high = clipped, 4 * clipped
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (middle, high) if float(clipped_variance(means, middle).mean()) < clipped**2 else (low, middle)
+    return (low + high) / 2
 
 
 def auto_estimate(model: GMDM, raw: dict[str, float]) -> float:
-    """The ``"auto"`` estimate from raw ``"flat"`` and ``"quiet"`` ones: the calibrated flat estimate (the best
-    at low noise) blended into the calibrated quiet one (the best at high noise) by :func:`auto_weight`; the
-    flat estimate alone without a quiet one. Chosen on BSDS400 training images (``benchmarks/tune_noise.py``,
-    ``benchmarks/results/noise-tuning.md``)."""
+    """The ``"auto"`` estimate from raw ``"flat"`` and ``"quiet"`` ones: their calibrated values blended by
+    :func:`auto_blend`; the flat estimate alone without a quiet one."""
     flat = apply_calibration(raw["flat"], calibration_for(model, "flat"))
     if raw.get("quiet") is None:
         return flat
+    return auto_blend(flat, lambda: apply_calibration(raw["quiet"], calibration_for(model, "quiet")))
+
+
+def auto_blend(flat: float, quiet) -> float:
+    """``"auto"`` from the calibrated flat estimate (the best at low noise) and the calibrated quiet one (the best
+    at high noise; a function, called only where it has a weight): weighted by :func:`auto_weight`. Chosen on
+    BSDS400 training images (``benchmarks/tune_noise.py``, ``benchmarks/results/noise-tuning.md``)."""
     weight = auto_weight(flat)
-    return weight * flat + (1 - weight) * apply_calibration(raw["quiet"], calibration_for(model, "quiet"))
+    return flat if weight == 1 else weight * flat + (1 - weight) * quiet()
 
 
 def estimate_noise(model: GMDM, image, noise_map: bool = False, estimator: str = "auto",

@@ -55,8 +55,11 @@ def test_estimate_noise_api_global_and_map(model, camera):
     assert isinstance(sigma, float) and abs(255 * sigma - 20) < 2.5
     sigma, sigma_map = gmdm_cli.estimate_noise(noisy, map=True, model=model)
     assert sigma_map.shape == camera.shape and abs(255 * np.median(sigma_map) - 20) < 4
-    rgb = np.repeat(camera[..., None], 3, -1) + 20 / 255 * np.random.default_rng(5).standard_normal(camera.shape + (3,))
-    assert abs(255 * gmdm_cli.estimate_noise(rgb, model=model) - 20) < 2.5  # reported per RGB channel
+    # reported per RGB channel (measured on the intensity, noise 20 / sqrt(3)): on this 96 x 96 crop one
+    # estimate varies by +-2 with the draw (16.2-20.8 over these seeds), so their mean is what is checked
+    estimates = [gmdm_cli.estimate_noise(np.repeat(camera[..., None], 3, -1) + 20 / 255 * np.random.default_rng(seed)
+                                         .standard_normal(camera.shape + (3,)), model=model) for seed in range(5, 13)]
+    assert abs(255 * np.mean(estimates) - 20) < 1.5
 
 
 def test_blind_denoising_api(model, camera):

@@ -8,7 +8,9 @@ import torch
 from click.testing import CliRunner
 
 import gmdm_cli
-from gmdm_cli.blind import estimate_blind, fit_nlf, local_levels, nlf_levels, site_energies
+from gmdm_cli.blind import MAP_RADIUS, estimate_blind, fit_nlf, nlf_levels
+from gmdm_cli.noise import image_sites
+from gmdm_cli.sites import local_levels
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.cli import cli
 from gmdm_cli.noise import estimate_noise
@@ -32,8 +34,8 @@ def test_noise_level_function_fit_recovers_a_and_b(model):
     clean = 0.1 + 0.8 * columns + 0.02 * np.sin(6 * rows)  # smooth: no texture to read as noise
     for a, b, b_tolerance in ((0.01, 0.0025, 0.1), (0.004, 0.001, 0.25)):
         noisy = _noisy(clean, np.sqrt(a * clean + b), 1)
-        sites = site_energies(model, torch.as_tensor(noisy, dtype=torch.float32))
-        (fitted_a, fitted_b), curve = fit_nlf(sites, local_levels(sites))
+        sites = image_sites(model, torch.as_tensor(noisy, dtype=torch.float32))
+        (fitted_a, fitted_b), curve = fit_nlf(sites, local_levels(sites, MAP_RADIUS))
         assert abs(fitted_a - a) < 0.1 * a and abs(fitted_b - b) < b_tolerance * b, (fitted_a, fitted_b)
         assert len(curve) == 16 and all(0 < s < 0.2 for _, s, _ in curve)
 
@@ -78,8 +80,8 @@ def test_texture_correction_takes_out_what_texture_adds_to_the_local_levels(mode
 
     image = np.tile(np.linspace(0.3, 0.6, 128)[:, None], (1, 128))
     image[:, 64:] = data.grass()[:128, :64] / 255.0
-    sites = site_energies(model, torch.tensor(_noisy(image, sigma, 6), dtype=torch.float32))
-    quiet = local_levels(sites)
+    sites = image_sites(model, torch.tensor(_noisy(image, sigma, 6), dtype=torch.float32))
+    quiet = local_levels(sites, MAP_RADIUS)
     everything = all_expert_levels(model, sites)
     corrected = texture_corrected(quiet, everything, 0.0)
     middle = quiet.shape[1] // 2

@@ -53,27 +53,24 @@ def test_flat_estimate_ignores_texture_that_biases_the_mean_energy(model, sigma)
     noise = sigma * np.random.default_rng(3).standard_normal(smooth.shape)
     flat = [estimate_flat_sigma(model, torch.tensor(x + noise, dtype=torch.float32)) for x in (smooth, mixed)]
     whole = [estimate_global_sigma(model, torch.tensor(x + noise, dtype=torch.float32)) for x in (smooth, mixed)]
-    assert abs(flat[1] - flat[0]) < 0.05 * sigma  # measured 1-2 %
+    assert abs(flat[1] - flat[0]) < 0.08 * sigma  # measured 0.2-5.6 % over 8 seeds (half the windows to pick from)
     assert whole[1] - whole[0] > 0.1 * sigma  # measured 15-40 %
     assert 0.5 * sigma < flat[0] < sigma  # raw: biased low by selecting the lowest blocks, calibrated later
 
 
 @pytest.mark.parametrize("sigma", [2 / 255, 3 / 255])
 def test_flat_estimate_finds_low_noise_when_texture_is_everywhere_else(model, sigma):
-    """Dense texture around one flat square raises the whole-image estimate to 5-7 times the noise, so the flat
-    estimator's first ladder (from 0.15 times it) starts above the flattest windows' level: it must extend
-    the ladder downwards (it returned its lowest level, about 1.9 / 255 raw, 3.6 / 255 calibrated, before)."""
+    """Dense texture around one flat square raises the whole-image estimate to 5-7 times the noise; the flat
+    estimate finds the square (an earlier flat estimator searched a ladder from 0.15 times the whole-image
+    estimate and returned its lowest level, 3.6 / 255 calibrated)."""
     from skimage import data
 
-    from gmdm_cli.noise import estimate_global_noise, flat_levels
-    from gmdm_cli.sites import sigma_levels
+    from gmdm_cli.noise import estimate_global_noise
 
     image = data.grass()[:160, :160] / 255.0
     image[20:60, 20:60] = 0.4
     noisy = torch.tensor(image + sigma * np.random.default_rng(4).standard_normal(image.shape), dtype=torch.float32)
-    first = flat_levels(estimate_global_sigma(model, noisy), sigma_levels())
-    raw = estimate_flat_sigma(model, noisy)
-    assert raw < float(first[1]) and raw < 0.8 * sigma
+    assert estimate_global_sigma(model, noisy) > 4 * sigma
     assert estimate_global_noise(model, noisy)[0] == pytest.approx(sigma, rel=0.15)
 
 
@@ -244,3 +241,30 @@ def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
     raw = raw_global_sigma(calibrated, tensor, "flat")
     fixed, _ = estimate_noise(calibrated, noisy, estimator="flat")
     assert abs(fixed - 20 / 255) <= abs(raw - 20 / 255)
+
+
+def test_clipped_variance_is_that_of_clipped_gaussian_samples():
+    """Var(clip(m + sigma Z, 0, 1)) in closed form (truncated-normal moments) against a million samples."""
+    from gmdm_cli.noise import clipped_variance
+
+    means = torch.tensor([0.02, 0.3, 0.5, 0.9, 1.0], dtype=torch.float64)
+    samples = np.random.default_rng(0).standard_normal(1_000_000)
+    for sigma in (0.05, 0.2):
+        sampled = [np.var(np.clip(m + sigma * samples, 0, 1)) for m in means.numpy()]
+        assert clipped_variance(means, sigma).numpy() == pytest.approx(sampled, rel=0.01)
+
+
+@pytest.mark.parametrize("sigma", [25, 50, 75])
+def test_clipped_8_bit_file_at_high_noise(model, sigma):
+    """Noise added, then clipped to 0-255 and rounded: at sigma 50 nearly every patch of the camera image holds or
+    neighbours a saturated pixel, and the estimate once read 16.6 at sigma 25 (the flattest windows were the
+    saturated ones). The quiet experts read the sites of mid intensity and undo what clipping leaves there:
+    within 4 % (measured 25.3 / 50.1 / 74.8), where the wavelet estimator reads 24.2 / 43.4 / 59.6."""
+    from skimage import data
+    from skimage.restoration import estimate_sigma
+
+    image = data.camera() / 255.0
+    noisy = np.round(255 * np.clip(image + sigma / 255 * np.random.default_rng(0).standard_normal(image.shape), 0, 1))
+    estimate = 255 * estimate_noise(model, noisy / 255)[0]
+    assert abs(estimate - sigma) < 0.04 * sigma
+    assert abs(estimate - sigma) < abs(255 * float(estimate_sigma(noisy / 255)) - sigma)

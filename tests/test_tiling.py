@@ -14,7 +14,7 @@ from gmdm_cli import tiling as gmdm_tiling
 from gmdm_cli.denoisers import ebpa, hqs
 from gmdm_cli.model import patch_counts
 from gmdm_cli.tiling import STRIP_VALUES, strip_rows
-from gmdm_cli.sites import patch_energies, sigma_levels
+from gmdm_cli.sites import site_energies
 from gmdm_cli.tiling import automatic_tile, tiled
 
 
@@ -80,7 +80,7 @@ def test_blocks_of_strips_on_worker_threads_equal_one_thread(monkeypatch):
         grad_modes.clear()
         with torch.no_grad():
             results = [ebpa(model, image, 0.1, exact=True, tile=0), ebpa(model, image, sigma_map, tile=0),
-                       ebpa(model, image, 0.1, tile=0), patch_energies(model, image[0, 0], sigma_levels(6))]
+                       ebpa(model, image, 0.1, tile=0), site_energies(model, image[0, 0]).energies]
         x = image.clone().requires_grad_()
         ebpa(model, x, 0.1, exact=True, tile=0).square().sum().backward()  # autograd through the workers
         assert grad_modes == [False] * 30 + [True] * 10
