@@ -48,7 +48,7 @@ from .sites import SiteEnergies, local_levels, sites_to_pixels, summed_energies
 MAP_RADIUS = 4  # local window: (2 R + 1)^2 sites
 NLF_BINS = 16  # intensity bins of the noise-level function's fit
 # "auto" (:func:`choose`): the gain each model needs, (nats per site, nats per site times the noise variance)
-NEEDED_GAINS = {"nlf": (0.02, 0.0), "map": (0.15, 1e-3)}
+NEEDED_GAINS = {"nlf": (0.02, 5e-5), "map": (0.15, 1e-3)}
 SPREAD_LIMIT = 1.4  # typical local level over the global one above which the noise is not one level
 TEXTURE_RATIO = 3.0  # what texture adds to all experts' local level over what it adds to the quiet ones'
 MAP_FLOOR = 0.9  # texture-corrected local levels stay above this times the global (quietest regions') level
@@ -187,7 +187,9 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`;
     the median local level for a model without a ``"flat"`` calibration), ``"nlf"`` (:func:`fit_nlf`) and
     ``"map"`` (:func:`local_levels`, less what texture adds: :func:`texture_corrected`, never below
-    :data:`MAP_FLOOR` times the global level; the noise-level function's levels are capped by these). Each
+    :data:`MAP_FLOOR` times the global level; the noise-level function's levels are capped by these and kept
+    above the same floor: on constant noise over texture whose amount follows the intensity the function can
+    fall far below the noise in dark regions). Each
     candidate's *gain* is how much lower the mean quiet energy of the usable sites is under it than under the
     best single level (a log-likelihood ratio per site, in nats), the map's of the local levels before the
     correction. ``noise_model="auto"`` chooses by the gains
@@ -216,10 +218,11 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     chosen = noise_model if noise_model != "auto" else choose(gains, constant, typical)
     if chosen == "constant":
         return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains, typical)
-    corrected = texture_corrected(local, all_expert_levels(model, sites), MAP_FLOOR * quietest)
+    floor = MAP_FLOOR * quietest
+    corrected = texture_corrected(local, all_expert_levels(model, sites), floor)
     sigma_map = pixel_levels(model, sites, corrected)
-    if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them)
-        sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map)
+    if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them), nor below their floor
+        sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map).clamp_min(floor)
     return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains, typical)
 
 
@@ -233,9 +236,9 @@ def choose(gains: dict, constant: float, typical: float) -> str:
     parts of :data:`NEEDED_GAINS` (the variance: the typical level's) and the noise-level function explains less
     than half of it. The noise-level function has two parameters and follows texture much less; at low noise
     texture whose amount goes with the intensity passes for it (0.2 nats at sigma 5 on training images), but its
-    levels are capped by the texture-corrected local ones, so that costs little (0.01-0.06 dB at sigma 5-15 on
-    training images) while missing signal-dependent noise costs much (0.3 dB at sigma^2 = 0.001 x + 0.0002): it
-    needs only the small gain of :data:`NEEDED_GAINS` ``["nlf"]``. Else one level, unless the typical level is more than
+    levels are capped by the texture-corrected local ones and floored like them, so that costs little, while
+    missing signal-dependent noise costs much (0.24 dB at sigma^2 = 0.001 x + 0.0002 with the thresholds of
+    before, 0.13 now): it needs the smaller gains of :data:`NEEDED_GAINS` ``["nlf"]``. Else one level, unless the typical level is more than
     :data:`SPREAD_LIMIT` times the global one: the global estimate reads the flattest regions, and noise whose
     typical level is far above theirs is not one level (denoising at the quietest level left 4-8 dB of noise in
     smooth fields); then the map. Set on BSDS400 training images (``benchmarks/blind.py --data
