@@ -335,13 +335,17 @@ def clipped_variance(mean: torch.Tensor, sigma: float) -> torch.Tensor:
     return second - first**2
 
 
-def unclipped_sigma(clipped: float, means: torch.Tensor, steps: int = 40) -> float:
+def unclipped_sigma(clipped: float, means: torch.Tensor, steps: int = 40, bins: int = 1024) -> float:
     """The ``sigma`` whose clipped variance (:func:`clipped_variance`), averaged over sites of intensities
-    ``means``, is ``clipped^2``: bisection on ``[clipped, 4 clipped]`` (clipping only lowers the variance)."""
+    ``means``, is ``clipped^2``: bisection on ``[clipped, 4 clipped]`` (clipping only lowers the variance), the
+    intensities binned into ``bins`` equal bins of [0, 1] first."""
+    counts = torch.bincount((means.flatten() * bins).long().clamp(0, bins - 1), minlength=bins).double()
+    centres = (torch.arange(bins, dtype=torch.float64, device=counts.device) + 0.5) / bins
+    weights = counts / counts.sum()
     low, high = clipped, 4 * clipped
     for _ in range(steps):
         middle = (low + high) / 2
-        low, high = (middle, high) if float(clipped_variance(means, middle).mean()) < clipped**2 else (low, middle)
+        low, high = (middle, high) if float(clipped_variance(centres, middle) @ weights) < clipped**2 else (low, middle)
     return (low + high) / 2
 
 
