@@ -26,7 +26,7 @@ import torch
 
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.image_io import read_image
-from gmdm_cli.noise import (apply_calibration, auto_estimate, calibration_for, mean_patch_energy, raw_global_sigmas,
+from gmdm_cli.noise import (apply_calibration, calibration_for, estimate_global_noise, mean_patch_energy, raw_global_sigmas,
                             response_histograms)
 from gmdm_cli.training import find_images
 
@@ -50,7 +50,7 @@ def homoscedastic(model, images, seed, show):
             raw = raw_global_sigmas(model, tensor)
             for estimator, value in raw.items():
                 values[estimator].append(255 * apply_calibration(value, calibration_for(model, estimator)))
-            values["auto (default)"].append(255 * auto_estimate(model, raw))
+            values["auto (default)"].append(255 * estimate_global_noise(model, tensor)[0])
             values["estimate_sigma"].append(255 * estimate_sigma(noisy))
         cells = []
         for name in columns:

@@ -25,7 +25,7 @@ noise models (:mod:`gmdm_cli.blind`), so a blind estimate computes them once.
 
 The flat estimate sees few pixels, so at high noise its spread exceeds that of the whole-image quiet
 estimate: ``"auto"`` (the default) uses the flat estimate at low noise and the quiet one at high noise
-(:func:`auto_estimate`).
+(:func:`auto_blend`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .choices import ESTIMATORS, RAW_ESTIMATORS
 from .kinds import GMDM
 from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
-from .sites import (SIGMA_MAX, SiteEnergies, argmin_refined, box_sum, clipped_pixels, pooled_energies,
+from .sites import (LEVELS, SIGMA_MAX, SiteEnergies, argmin_refined, box_sum, clipped_pixels, pooled_energies,
                     sigma_levels, site_energies, usable_sites)
 
 
@@ -265,7 +265,8 @@ def auto_weight(flat: float, ramp=AUTO_RAMP) -> float:
 def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "auto",
                           sites: SiteEnergies | None = None) -> tuple[float, float]:
     """``(calibrated, raw flat or None)`` global noise level of a gray image (0-1 scale) by ``estimator``
-    (``"auto"``: :func:`auto_estimate`, the quiet estimate measured only where it has a weight); ``sites``: the
+    (``"auto"``: :func:`auto_blend`, the quiet estimate measured only where it has a weight; the quiet one alone
+    when the flat argmin is the lowest level searched, which is no estimate); ``sites``: the
     image's :func:`image_sites` when already computed. On a clipped file (:func:`~gmdm_cli.sites.clipped_pixels`)
     the quiet estimate is :func:`clipped_quiet_sigma`, and ``"auto"`` is that alone when clipping leaves no
     usable site for the flat estimate (:func:`~gmdm_cli.sites.usable_sites`: every patch near a saturated pixel,
@@ -288,6 +289,8 @@ def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "au
     raw = None if clipped and usable_sites(model, image[None, None]) is None else estimate_flat_sigma(model, image, sites)
     if raw is None:  # clipped (nearly) everywhere: nothing flat to read
         return quiet(), None
+    if experts is not None and raw <= float(LEVELS[1]):  # the ladder's bottom is no estimate (a band model's below
+        return quiet(), raw                              # sigma ~8: its flattest cells read as noise-free)
     flat = apply_calibration(raw, calibration_for(model, "flat"))
     return (flat if experts is None else auto_blend(flat, quiet, AUTO_RAMP_CLIPPED if clipped else AUTO_RAMP)), raw
 
@@ -349,15 +352,6 @@ def unclipped_sigma(clipped: float, means: torch.Tensor, steps: int = 40, bins: 
     return (low + high) / 2
 
 
-def auto_estimate(model: GMDM, raw: dict[str, float]) -> float:
-    """The ``"auto"`` estimate from raw ``"flat"`` and ``"quiet"`` ones: their calibrated values blended by
-    :func:`auto_blend`; the flat estimate alone without a quiet one."""
-    flat = apply_calibration(raw["flat"], calibration_for(model, "flat"))
-    if raw.get("quiet") is None:
-        return flat
-    return auto_blend(flat, lambda: apply_calibration(raw["quiet"], calibration_for(model, "quiet")))
-
-
 def auto_blend(flat: float, quiet, ramp=AUTO_RAMP) -> float:
     """``"auto"`` from the calibrated flat estimate (the best at low noise) and the calibrated quiet one (the best
     at high noise; a function, called only where it has a weight): weighted by :func:`auto_weight` on ``ramp``.
@@ -383,8 +377,7 @@ def estimate_noise(model: GMDM, image, noise_map: bool = False, estimator: str =
     """
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if not noise_map:
-        tensor, gain = _intensity(model, image)
-        return estimate_global_noise(model, tensor, estimator)[0] / gain, None
+        return global_level(model, image, estimator), None
     sigma, levels, _ = estimate_noise_models(model, image, estimator, noise_model)
     return sigma, levels
 
@@ -396,11 +389,26 @@ def estimate_noise_models(model: GMDM, image, estimator: str = "auto", noise_mod
     from .blind import blind_levels
 
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
-    tensor, gain = _intensity(model, image)
-    sigma, _ = estimate_global_noise(model, tensor, estimator)
+    sigma = global_level(model, image, estimator)
     known = sigma if image.ndim == 2 and estimator == "auto" else None
     levels, estimates = blind_levels(model, image, noise_model, known)
-    return sigma / gain, levels, estimates
+    return sigma, levels, estimates
+
+
+def global_level(model: GMDM, image: np.ndarray, estimator: str = "auto") -> float:
+    """The calibrated global level of a gray or colour numpy image (0-1 scale; a colour image's per RGB channel) by
+    :func:`estimate_global_noise`: a colour image's is measured on its intensity, unless a channel is clipped
+    (:func:`~gmdm_cli.sites.clipped_pixels`): where one channel saturates alone the intensity is not at an end,
+    and its noise is no Gaussian (astronaut, clipped at sigma 40: 35.9), so then every channel is measured on its
+    own, clipping-aware, and their RMS is the level."""
+    if image.ndim == 3:
+        channels = [torch.as_tensor(image[..., k], dtype=model.logits.dtype, device=model.logits.device)
+                    for k in range(3)]
+        if any(bool(clipped_pixels(channel).any()) for channel in channels):
+            levels = [estimate_global_noise(model, channel, estimator)[0] for channel in channels]
+            return float(np.sqrt(np.mean(np.square(levels))))
+    tensor, gain = _intensity(model, image)
+    return estimate_global_noise(model, tensor, estimator)[0] / gain
 
 
 def _intensity(model: GMDM, image) -> tuple[torch.Tensor, float]:
