@@ -283,3 +283,19 @@ def test_clipped_colour_file_is_measured_per_channel(model):
     estimate = 255 * estimate_noise(model, noisy)[0]
     assert abs(estimate - 40) < 0.05 * 40
     assert abs(estimate - 40) < abs(255 * float(np.mean(estimate_sigma(noisy, channel_axis=-1))) - 40)
+
+
+def test_auto_takes_no_estimate_from_the_lowest_level_searched():
+    """The band model's flattest 8 x 8 cells read as noise-free below sigma ~8: its flat argmin is the ladder's
+    lowest level, no estimate, and auto takes the quiet one (camera at sigma 5: 5.7; 0 from the flat one)."""
+    from skimage import data
+
+    from gmdm_cli.noise import estimate_global_noise
+    from gmdm_cli.sites import LEVELS
+
+    model = load_model("conv")
+    noisy = torch.tensor(data.camera() / 255 + 5 / 255 * np.random.default_rng(0).standard_normal((512, 512)),
+                         dtype=torch.float32)
+    estimate, raw_flat = estimate_global_noise(model, noisy)
+    assert raw_flat <= float(LEVELS[1])
+    assert abs(255 * estimate - 5) < 1
