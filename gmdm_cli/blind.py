@@ -258,14 +258,15 @@ def choose(gains: dict, constant: float, typical: float) -> str:
 
 
 def blind_levels(model, image, noise_model: str = "auto",
-                 constant: float | None = None) -> tuple[np.ndarray, list[NoiseEstimate]]:
+                 constant=None) -> tuple[np.ndarray, list[NoiseEstimate]]:
     """Per-pixel noise levels of a numpy image ([0, 1] scale) by :func:`estimate_blind`: ``(H, W)`` for a gray
     image, ``(H, W, 3)`` for a colour one (every RGB channel its own noise model: the noise of a camera's
-    channels differs), and the estimates. ``constant``: a gray image's global level, when already known. An
-    alpha channel is left out."""
+    channels differs), and the estimates. ``constant``: a gray image's global level, or a colour image's three
+    channels' levels, when already known. An alpha channel is left out."""
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if image.ndim == 2:
         estimate = estimate_blind(model, image, noise_model, constant)
         return estimate.sigma_map, [estimate]
-    estimates = [estimate_blind(model, image[..., k], noise_model) for k in range(3)]
+    estimates = [estimate_blind(model, image[..., k], noise_model, None if constant is None else constant[k])
+                 for k in range(3)]
     return np.stack([estimate.sigma_map for estimate in estimates], -1), estimates

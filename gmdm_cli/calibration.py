@@ -42,8 +42,8 @@ def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 
         extra["quiet"] = {"experts": experts}
     raw = {estimator: [] for estimator in estimators}
     for k, level in enumerate(_noisy(model, images, sigmas, seed)):
-        found = [raw_global_sigmas(model, noisy, estimators, histograms and histograms[k][i], experts=experts)
-                 for i, noisy in enumerate(level)]
+        found = [raw_global_sigmas(model, noisy, estimators, None if histograms is None else histograms[k][i],
+                                   experts=experts) for i, noisy in enumerate(level)]
         for estimator in estimators:
             raw[estimator].append(float(np.mean([values[estimator] for values in found])))
     result = {}

@@ -41,7 +41,7 @@ from .kinds import GMDM
 from .model import expert_log_density, time_from_sigma
 from .image_io import split_alpha
 from .sites import (LEVELS, SIGMA_MAX, SiteEnergies, argmin_refined, box_sum, clipped_pixels, pooled_energies,
-                    sigma_levels, site_energies, usable_sites)
+                    sigma_levels, site_energies, site_means, usable_sites)
 
 
 def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512, experts=None, sites=None):
@@ -286,7 +286,9 @@ def estimate_global_noise(model: GMDM, image: torch.Tensor, estimator: str = "au
     if estimator != "auto":
         raw = raw_global_sigmas(model, image, (estimator,), sites=sites)[estimator]
         return apply_calibration(raw, calibration_for(model, estimator)), raw if estimator == "flat" else None
-    raw = None if clipped and usable_sites(model, image[None, None]) is None else estimate_flat_sigma(model, image, sites)
+    sites = image_sites(model, image) if sites is None else sites
+    # a clipped file whose sites are all valid has none usable (usable_sites: those near a clipped pixel are not)
+    raw = None if clipped and bool(sites.valid.all()) else estimate_flat_sigma(model, image, sites)
     if raw is None:  # clipped (nearly) everywhere: nothing flat to read
         return quiet(), None
     if experts is not None and raw <= float(LEVELS[1]):  # the ladder's bottom is no estimate (a band model's below
@@ -309,11 +311,8 @@ def clipped_quiet_sigma(model: GMDM, image: torch.Tensor, experts, rounds: int =
     The selection depends on ``sigma``: ``rounds`` rounds from the estimate over all sites. On 12 BSDS400 images
     clipped and rounded to 8 bits at sigma 50: mean absolute error 0.49 (scikit-image's ``estimate_sigma``
     3.89)."""
-    import torch.nn.functional as F
-
     images = image[None, None].to(model.logits.dtype)
-    rows, columns, footprint, stride = model.site_grid(image.shape[-2:])
-    means = F.avg_pool2d(images, footprint, stride)[:, 0, :rows, :columns].double()  # (1, rows, columns)
+    means = site_means(model, images)  # (1, rows, columns)
     calibration = calibration_for(model, "quiet")
     sigma = apply_calibration(histogram_argmin(model, _histograms(model, images, experts=experts), experts), calibration)
     for _ in range(rounds):
@@ -377,7 +376,7 @@ def estimate_noise(model: GMDM, image, noise_map: bool = False, estimator: str =
     """
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if not noise_map:
-        return global_level(model, image, estimator), None
+        return global_levels(model, image, estimator)[0], None
     sigma, levels, _ = estimate_noise_models(model, image, estimator, noise_model)
     return sigma, levels
 
@@ -389,15 +388,16 @@ def estimate_noise_models(model: GMDM, image, estimator: str = "auto", noise_mod
     from .blind import blind_levels
 
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
-    sigma = global_level(model, image, estimator)
-    known = sigma if image.ndim == 2 and estimator == "auto" else None
+    sigma, channels = global_levels(model, image, estimator)
+    known = (sigma if image.ndim == 2 else channels) if estimator == "auto" else None
     levels, estimates = blind_levels(model, image, noise_model, known)
     return sigma, levels, estimates
 
 
-def global_level(model: GMDM, image: np.ndarray, estimator: str = "auto") -> float:
+def global_levels(model: GMDM, image: np.ndarray, estimator: str = "auto") -> tuple[float, list[float] | None]:
     """The calibrated global level of a gray or colour numpy image (0-1 scale; a colour image's per RGB channel) by
-    :func:`estimate_global_noise`: a colour image's is measured on its intensity, unless a channel is clipped
+    :func:`estimate_global_noise`, and each channel's own level when they were measured one by one (else
+    ``None``): a colour image's is measured on its intensity, unless a channel is clipped
     (:func:`~gmdm_cli.sites.clipped_pixels`): where one channel saturates alone the intensity is not at an end,
     and its noise is no Gaussian (astronaut, clipped at sigma 40: 35.9), so then every channel is measured on its
     own, clipping-aware, and their RMS is the level."""
@@ -406,9 +406,9 @@ def global_level(model: GMDM, image: np.ndarray, estimator: str = "auto") -> flo
                     for k in range(3)]
         if any(bool(clipped_pixels(channel).any()) for channel in channels):
             levels = [estimate_global_noise(model, channel, estimator)[0] for channel in channels]
-            return float(np.sqrt(np.mean(np.square(levels))))
+            return float(np.sqrt(np.mean(np.square(levels)))), levels
     tensor, gain = _intensity(model, image)
-    return estimate_global_noise(model, tensor, estimator)[0] / gain
+    return estimate_global_noise(model, tensor, estimator)[0] / gain, None
 
 
 def _intensity(model: GMDM, image) -> tuple[torch.Tensor, float]:

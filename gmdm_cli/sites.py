@@ -54,6 +54,13 @@ def usable_sites(model: GMDM, images: torch.Tensor) -> torch.Tensor | None:
     return usable if bool(usable.any()) else None
 
 
+def site_means(model: GMDM, images: torch.Tensor) -> torch.Tensor:
+    """The mean intensity of every site of :meth:`~gmdm_cli.kinds.GMDM.site_grid` (its block's pixels), float64
+    ``(N, rows, columns)`` for ``images`` ``(N, 1, H, W)``."""
+    rows, columns, footprint, stride = model.site_grid(images.shape[-2:])
+    return F.avg_pool2d(images, footprint, stride)[:, 0, :rows, :columns].double()
+
+
 def sigma_levels(count: int = 48, sigma_max: float = SIGMA_MAX) -> torch.Tensor:
     """Candidate noise levels for per-patch estimation: 0 and a geometric ladder up to ``sigma_max``."""
     return torch.cat([torch.zeros(1, dtype=torch.float64),
@@ -107,8 +114,7 @@ def site_energies(model: GMDM, image: torch.Tensor, experts=None, levels: torch.
     ``experts`` (indices; default all) at every second site in each direction (a quarter of a patch model's
     patches, a band model's lattice cells all)."""
     experts = list(range(model.num_filters)) if experts is None else experts
-    rows, columns, footprint, stride = model.site_grid(image.shape)
-    step = 2 if stride == 1 else 1
+    step = 2 if model.site_grid(image.shape)[3] == 1 else 1
     images = image[None, None].to(model.logits.dtype)
 
     def keep(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:
@@ -117,7 +123,7 @@ def site_energies(model: GMDM, image: torch.Tensor, experts=None, levels: torch.
     with torch.no_grad():
         responses = torch.cat(model.site_inputs(images, keep), 1)[None]  # (1, J, h, w)
         energies = summed_energies(model, responses, levels, experts)
-        means = F.avg_pool2d(images, footprint, stride)[0, 0, :rows:step, :columns:step].double()
+        means = site_means(model, images)[0, ::step, ::step]
         usable = usable_sites(model, images)
         valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
     return SiteEnergies(energies, responses, levels.to(energies), means, valid, step, tuple(image.shape))
