@@ -83,8 +83,11 @@ class BandGMDM(MixtureExperts):
         height, width = image_shape(shape, m, f"the model's {m}x{m} lattice cells")
         return height // m, width // m, m, m
 
-    def site_inputs(self, images: torch.Tensor, function) -> list:
-        """The coefficients of the modelled bands, all at once (the image cropped to multiples of ``M``)."""
+    def site_inputs(self, images: torch.Tensor, function, step: int = 1) -> list:
+        """The coefficients of the modelled bands, all at once (the image cropped to multiples of ``M``); every
+        lattice cell (``step`` 1: the cells are ``M`` pixels apart already)."""
+        if step != 1:
+            raise ValueError("a band model's sites are its lattice cells, every one (step 1)")
         rows, columns, m, _ = self.site_grid(images.shape[-2:])
         return [function(0, rows, band_coefficients(self, images[..., :rows * m, :columns * m])[:, 1:])]
 

@@ -78,11 +78,50 @@ class NoiseEstimate:
                 "gains": {name: round(value, 4) for name, value in self.gains.items()}}
 
 
-def energy_at(sites: SiteEnergies, sigma: torch.Tensor) -> torch.Tensor:
-    """Each site's energy at its own level ``sigma`` ``(h, w)``, interpolated linearly in ``log sigma``."""
-    lower, fraction = ladder_position(sites.levels, sigma)
-    low, high = (sites.energies.gather(0, (lower + d)[None])[0] for d in (0, 1))
+def energy_at(levels: torch.Tensor, energies: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``energies`` ``(K, ...)`` at ``levels`` ``(K,)``, each at its own level ``sigma`` ``(...)``, interpolated
+    linearly in ``log sigma``."""
+    lower, fraction = ladder_position(levels, sigma)
+    low, high = (energies.gather(0, (lower + d)[None])[0] for d in (0, 1))
     return torch.lerp(low, high, fraction)
+
+
+NLF_LIKELIHOOD_BINS = 256  # intensity bins of the noise-level function's likelihood
+
+
+@dataclass
+class IntensityBins:
+    """Sites grouped into equal bins of mean intensity, what the likelihood of a noise-level function reads: each
+    bin's sites' mean ``intensity`` ``(B,)``, summed ``energies`` ``(K, B)`` at ``levels`` and ``counts``
+    ``(B,)``."""
+    intensity: torch.Tensor
+    energies: torch.Tensor
+    levels: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def mean_intensity(self) -> float:
+        return float((self.intensity * self.counts).sum()) / max(self.count, 1)
+
+    def energy(self, a: float, b: float) -> float:
+        """The sites' summed energy when each is at the level ``sqrt(a x + b)`` of its bin's mean intensity ``x``
+        (within a bin the level varies by less than ``a / (2 B sigma)``)."""
+        return float(energy_at(self.levels, self.energies, (a * self.intensity + b).clamp_min(1e-10).sqrt()).sum())
+
+
+def intensity_bins(sites: SiteEnergies, mask: torch.Tensor, bins: int = NLF_LIKELIHOOD_BINS) -> IntensityBins:
+    """The :class:`IntensityBins` of the sites of ``mask`` ``(h, w)``, ``bins`` equal bins over their range."""
+    index = torch.nonzero(mask.flatten())[:, 0]
+    means, energies = sites.means.flatten()[index], sites.energies.flatten(1)[:, index]
+    low, high = (means.min(), means.max()) if len(index) else (0.0, 1.0)
+    which = ((means - low) / max(float(high - low), 1e-12) * bins).long().clamp(0, bins - 1)
+    counts = torch.bincount(which, minlength=bins).to(means.dtype)
+    intensity = means.new_zeros(bins).index_add_(0, which, means) / counts.clamp_min(1)
+    return IntensityBins(intensity, energies.new_zeros(len(energies), bins).index_add_(1, which, energies),
+                         sites.levels, counts)
 
 
 def all_expert_levels(model, sites: SiteEnergies) -> torch.Tensor:
@@ -107,12 +146,13 @@ def texture_corrected(quiet: torch.Tensor, everything: torch.Tensor, floor: floa
     return torch.minimum(corrected, quiet.clamp_min(floor))
 
 
-def fit_nlf(sites: SiteEnergies, local: torch.Tensor, bins: int = NLF_BINS):
+def fit_nlf(sites: SiteEnergies, local: torch.Tensor, likelihood: IntensityBins | None = None, bins: int = NLF_BINS):
     """The noise-level function ``sigma^2 = a x + b`` (``a, b >= 0``) and its binned curve
-    ``[(intensity, sigma, sites), ...]``: the usable sites are binned by mean intensity (equal counts); each
-    bin's level is the median of its sites' local levels (robust to the texture that raises some of them); ``(a,
-    b)`` is the fit of the bins' variances weighted by their counts, refined by maximum likelihood (the sum of
-    the usable sites' energies, minimised over ``(a, b)``)."""
+    ``[(intensity, sigma, sites), ...]``: the usable sites are binned by mean intensity (``bins`` bins of equal
+    counts); each bin's level is the median of its sites' local levels (robust to the texture that raises some of
+    them); ``(a, b)`` is the fit of the bins' variances weighted by their counts, refined by maximum likelihood
+    (the sum of the usable sites' energies, minimised over ``(a, b)``, read from ``likelihood``: their
+    :func:`intensity_bins`, made here when not given)."""
     means, levels = sites.means[sites.valid], local[sites.valid]
     if means.numel() < 2 * bins:
         sigma = float(levels.median()) if levels.numel() else float(local.median())
@@ -126,7 +166,7 @@ def fit_nlf(sites: SiteEnergies, local: torch.Tensor, bins: int = NLF_BINS):
             curve.append((float(means[chosen].mean()), float(levels[chosen].median()), int(chosen.sum())))
     x, s, n = (np.array(v, dtype=np.float64) for v in zip(*curve))
     a, b = _nonnegative_line(x, s**2, n)
-    a, b = _refine_nlf(sites, a, b)
+    a, b = _refine_nlf(intensity_bins(sites, sites.valid) if likelihood is None else likelihood, a, b)
     return (a, b), curve
 
 
@@ -141,16 +181,11 @@ def _nonnegative_line(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tupl
     return float(a), float(b)
 
 
-def _refine_nlf(sites: SiteEnergies, a: float, b: float, rounds: int = 3) -> tuple[float, float]:
-    """Coordinate search on ``(a, b)`` (factors 2^(+-1/2^k)) for the smallest summed energy of the usable
-    sites whose level the line gives (the maximum-likelihood noise-level function near the robust fit)."""
-    means, valid = sites.means, sites.valid
-    scale = max(a * float(means[valid].mean()) + b, 1e-8) if valid.any() else 1e-4
-
-    def cost(a_: float, b_: float) -> float:
-        sigma = (a_ * means + b_).clamp_min(1e-10).sqrt()
-        return float(energy_at(sites, sigma)[valid].sum())
-
+def _refine_nlf(likelihood: IntensityBins, a: float, b: float, rounds: int = 3) -> tuple[float, float]:
+    """Coordinate search on ``(a, b)`` (factors 2^(+-1/2^k)) for the smallest summed energy of the sites whose
+    level the line gives (the maximum-likelihood noise-level function near the robust fit)."""
+    scale = max(a * likelihood.mean_intensity() + b, 1e-8) if likelihood.count else 1e-4
+    cost = likelihood.energy
     best = cost(a, b)
     a, b = max(a, 0.02 * scale), max(b, 0.02 * scale)  # a zero coefficient cannot be scaled
     for k in range(rounds):
@@ -181,7 +216,8 @@ def nlf_levels(model, image: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return (a * local + b).clamp_min(0).sqrt()
 
 
-def estimate_blind(model, image, noise_model: str = "auto", constant: float | None = None) -> NoiseEstimate:
+def estimate_blind(model, image, noise_model: str = "auto", constant: float | None = None,
+                   sites: SiteEnergies | None = None) -> NoiseEstimate:
     """The blind noise estimate of a gray image ``(H, W)`` (numpy, [0, 1] scale).
 
     Candidates: ``"constant"`` (the calibrated global estimate, :func:`~gmdm_cli.noise.estimate_global_noise`;
@@ -194,21 +230,21 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     best single level (a log-likelihood ratio per site, in nats), the map's of the local levels before the
     correction. ``noise_model="auto"`` chooses by the gains
     (:func:`choose`); any other of :data:`~gmdm_cli.choices.NOISE_MODELS` forces one. ``constant``: the global
-    level, when already known.
+    level, ``sites``: the image's :func:`~gmdm_cli.noise.image_sites`, when already known.
     """
     from .noise import calibration_for, estimate_global_noise
 
     if noise_model not in NOISE_MODELS:
         raise ValueError(f"unknown noise model '{noise_model}' (choose from {', '.join(NOISE_MODELS)})")
     tensor = torch.as_tensor(np.asarray(image), dtype=model.logits.dtype, device=model.logits.device)
-    sites = image_sites(model, tensor)
+    sites = image_sites(model, tensor) if sites is None else sites
     local = local_levels(sites, MAP_RADIUS)
-    (a, b), curve = fit_nlf(sites, local)
-    sigma_nlf = (a * sites.means + b).clamp_min(1e-10).sqrt()
     valid = sites.valid if sites.valid.any() else torch.ones_like(sites.valid)
-    best_single = float(sites.energies[:, valid].mean(1).min())
-    gains = {"nlf": best_single - float(energy_at(sites, sigma_nlf)[valid].mean()),
-             "map": best_single - float(energy_at(sites, local)[valid].mean())}
+    likelihood = intensity_bins(sites, valid)
+    (a, b), curve = fit_nlf(sites, local, likelihood)
+    best_single = float(sites.mean_energies(valid).min())
+    gains = {"nlf": best_single - likelihood.energy(a, b) / likelihood.count,
+             "map": best_single - float(energy_at(sites.levels, sites.energies, local)[valid].mean())}
     typical = float(local[valid].median())
     if calibration_for(model, "flat") is None:  # no calibrated global level: the quietest sites' (uncalibrated)
         constant, quietest = typical, float(torch.quantile(local[valid], 0.01))
@@ -257,15 +293,16 @@ def choose(gains: dict, constant: float, typical: float) -> str:
     return "map" if typical > SPREAD_LIMIT * constant else "constant"
 
 
-def blind_levels(model, image, noise_model: str = "auto",
-                 constant=None) -> tuple[np.ndarray, list[NoiseEstimate]]:
+def blind_levels(model, image, noise_model: str = "auto", constant=None,
+                 sites: SiteEnergies | None = None) -> tuple[np.ndarray, list[NoiseEstimate]]:
     """Per-pixel noise levels of a numpy image ([0, 1] scale) by :func:`estimate_blind`: ``(H, W)`` for a gray
     image, ``(H, W, 3)`` for a colour one (every RGB channel its own noise model: the noise of a camera's
     channels differs), and the estimates. ``constant``: a gray image's global level, or a colour image's three
-    channels' levels, when already known. An alpha channel is left out."""
+    channels' levels, and a gray image's :func:`~gmdm_cli.noise.image_sites`, when already known. An alpha channel
+    is left out."""
     image = split_alpha(np.asarray(image, dtype=np.float64))[0]
     if image.ndim == 2:
-        estimate = estimate_blind(model, image, noise_model, constant)
+        estimate = estimate_blind(model, image, noise_model, constant, sites)
         return estimate.sigma_map, [estimate]
     estimates = [estimate_blind(model, image[..., k], noise_model, None if constant is None else constant[k])
                  for k in range(3)]

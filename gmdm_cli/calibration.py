@@ -22,23 +22,27 @@ QUIET_SELECTION_FROM = 15  # 0-255: levels at which the quiet experts are chosen
 
 
 def calibrate_noise(model: GMDM, images, sigmas=CALIBRATION_LEVELS, seed: int = 0,
-                    estimators=CALIBRATED) -> dict:
+                    estimators=CALIBRATED, choose_experts: bool = True) -> dict:
     """Measure the raw global estimators of :data:`RAW_ESTIMATORS` on clean gray ``images`` (numpy, [0, 1])
     with synthetic noise of known levels (0-255 scale); returns ``{estimator: {"raw": [...], "true": [...]}}``
     (0-1 scale) for :func:`apply_calibration`: the mean raw estimate at each true level, made strictly
     increasing. ``"quiet"`` first chooses its ``QUIET_EXPERTS`` experts: those whose own argmin
     (:func:`expert_sigmas`, searched from half to twice the true level) exceeds the true level least, on
     average over the images and the levels from ``QUIET_SELECTION_FROM`` on (their indices are stored with
-    the curve); ``"flat"`` is measured with those experts (else with the model's own quiet ones, if any)."""
+    the curve), unless ``choose_experts`` is false and the model has quiet experts (then they are kept: its
+    ``"flat"`` curve was measured with them); ``"flat"`` is measured with those experts (else with the model's own
+    quiet ones, if any)."""
     unknown = [estimator for estimator in estimators if estimator not in CALIBRATED]
     if unknown:
         raise ValueError(f"unknown estimator '{unknown[0]}' (choose from {', '.join(CALIBRATED)})")
-    histograms = None
-    if "quiet" in estimators or "mean-energy" in estimators:
-        histograms = [[_histograms(model, noisy) for noisy in level] for level in _noisy(model, images, sigmas, seed)]
     experts, extra = quiet_experts(model), {}
-    if "quiet" in estimators:
+    choose = "quiet" in estimators and (choose_experts or experts is None)
+    histograms = None
+    if choose or "mean-energy" in estimators:
+        histograms = [[_histograms(model, noisy) for noisy in level] for level in _noisy(model, images, sigmas, seed)]
+    if choose:
         experts = _quiet_choice(model, histograms, sigmas)
+    if "quiet" in estimators:
         extra["quiet"] = {"experts": experts}
     raw = {estimator: [] for estimator in estimators}
     for k, level in enumerate(_noisy(model, images, sigmas, seed)):

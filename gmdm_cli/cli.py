@@ -1058,11 +1058,14 @@ def _map_targets(path: Path, output_dir: Path | None) -> tuple[Path, Path]:
               type=click.Choice(RAW_ESTIMATORS),
               help="Calibrate only these (repeatable) and keep the model's other curves [default: all three]. "
                    "quiet also chooses its experts (needs a level of at least 15).")
+@click.option("--keep-experts", is_flag=True,
+              help="quiet keeps the model's quiet experts instead of choosing them again (its flat curve was "
+                   "measured with them).")
 @click.option("--uncertainty", is_flag=True,
               help="Calibrate the posterior std of EB-PA (denoise --uncertainty) instead, at --levels [default: 5, "
                    "15, 25, 50, 100]; the noise calibration is kept.")
 @_overwrite_option
-def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, uncertainty, overwrite):
+def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, keep_experts, uncertainty, overwrite):
     """Calibrate MODEL's noise estimates (or, with --uncertainty, its posterior std) on clean images in IMAGE_DIRS
     (use training images)."""
     from .checkpoint import model_from_checkpoint, read_checkpoint, resolve_model_path, save_checkpoint
@@ -1082,7 +1085,7 @@ def calibrate(model_name, image_dirs, output, count, levels, seed, estimators, u
     if uncertainty:
         fields, lines = _uncertainty_fields(model, images, sigmas, seed, data)
     else:
-        fields, lines = _noise_fields(model, images, sigmas, seed, estimators, data)
+        fields, lines = _noise_fields(model, images, sigmas, seed, estimators, data, keep_experts)
     save_checkpoint(output, model, {**payload["metadata"], **fields}, payload.get("training"), overwrite)
     for line in lines:
         _out(line)
@@ -1100,12 +1103,14 @@ def _uncertainty_fields(model, images, sigmas, seed: int, data: str) -> tuple[di
     return {"uncertainty_calibration": curve}, lines
 
 
-def _noise_fields(model, images, sigmas, seed: int, estimators, data: str) -> tuple[dict, list[str]]:
+def _noise_fields(model, images, sigmas, seed: int, estimators, data: str,
+                  keep_experts: bool = False) -> tuple[dict, list[str]]:
     """``calibrate``: the noise calibration (new curves, the model's others kept) and the table that reports it."""
     from .calibration import CALIBRATED, calibrate_noise
     from .noise import calibration_for
 
-    calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED)
+    calibration = calibrate_noise(model, images, sigmas, seed=seed, estimators=estimators or CALIBRATED,
+                                  choose_experts=not keep_experts)
     kept = {name: calibration_for(model, name) for name in CALIBRATED if name not in calibration}
     curves = {**{name: curve for name, curve in kept.items() if curve},
               **{name: {**curve, "data": data} for name, curve in calibration.items()}}

@@ -42,9 +42,10 @@ class GMDM(Protocol):
     def site_grid(self, shape) -> tuple[int, int, int, int]:
         """``(rows, columns, footprint, stride)`` of the sites whose experts see an image of ``shape`` ``(H, W)``."""
 
-    def site_inputs(self, images, function) -> list:
+    def site_inputs(self, images, function, step: int = 1) -> list:
         """``[function(top, bottom, z), ...]`` over strips of sites in order, ``z`` ``(1, J, rows, w)`` the expert
-        inputs of the sites in rows ``top:bottom`` of :meth:`site_grid`."""
+        inputs of the sites in rows ``top:bottom`` of :meth:`site_grid` (with ``step``, of every ``step``-th site
+        in each direction: rows that are multiples of ``step``, columns from the first)."""
 
     def tweedie_correction(self, images, t):
         """The whole-image Tweedie correction ``xhat(x, t) - x`` of ``(N, 1, H, W)`` images at time ``t``."""

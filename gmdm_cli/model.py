@@ -142,10 +142,18 @@ class PatchGMDM(MixtureExperts):
         height, width = image_shape(shape, b, f"the {b}x{b} patches of the model")
         return height - b + 1, width - b + 1, b, 1
 
-    def site_inputs(self, images: torch.Tensor, function) -> list:
+    def site_inputs(self, images: torch.Tensor, function, step: int = 1) -> list:
         """The responses in strips of rows, blocks of strips on the CPU's threads
-        (:func:`~gmdm_cli.tiling.map_strip_blocks`)."""
-        blocks = map_strip_blocks(self, images, lambda block: [function(top, bottom, image_responses(self, strip))
+        (:func:`~gmdm_cli.tiling.map_strip_blocks`); with ``step`` those of every ``step``-th patch position in each
+        direction only (rows of the whole grid that are multiples of ``step``), by strided convolutions."""
+        def responses(top: int, bottom: int, strip: torch.Tensor) -> torch.Tensor:
+            offset = (-top) % step
+            if offset >= bottom - top:  # no kept row in this strip
+                columns = (strip.shape[-1] - self.patch_size) // step + 1
+                return strip.new_zeros(strip.shape[0], self.num_filters, 0, columns)
+            return image_responses(self, strip[..., offset:, :], step)
+
+        blocks = map_strip_blocks(self, images, lambda block: [function(top, bottom, responses(top, bottom, strip))
                                                                for top, bottom, strip in block])
         return [result for block in blocks for result in block]
 
@@ -340,13 +348,14 @@ def patch_tweedie(model: PatchGMDM, patches: torch.Tensor, t) -> torch.Tensor:
 
 # --- whole images ---------------------------------------------------------------------------
 
-def image_responses(model: PatchGMDM, images: torch.Tensor) -> torch.Tensor:
-    """Responses of every overlapping patch: ``conv2d`` "valid", ``(N, 1, H, W) -> (N, J, H-b+1, W-b+1)``.
+def image_responses(model: PatchGMDM, images: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Responses of every overlapping patch: ``conv2d`` "valid", ``(N, 1, H, W) -> (N, J, H-b+1, W-b+1)`` (of
+    every ``stride``-th in each direction, from the first, with ``stride``).
 
     ``conv2d`` is a correlation, so channel ``j`` at ``(r, c)`` is ``<k_j, P_(r,c) x>``.
     """
     with convolution_backend(model, images):
-        return F.conv2d(images, model.kernels())
+        return F.conv2d(images, model.kernels(), stride=stride)
 
 
 def image_patch_energy(model: PatchGMDM, images: torch.Tensor, t) -> torch.Tensor:

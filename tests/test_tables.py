@@ -43,3 +43,31 @@ def test_fast_ebpa_matches_the_exact_float64_model(camera):
             reference = ebpa(exact, torch.tensor(noisy), sigma, exact=True).numpy()
         assert np.abs(fast - reference).max() < 2e-4
         assert abs(psnr(fast, camera) - psnr(reference, camera)) < 0.01
+
+
+def test_ladder_table_is_the_exact_sum_of_expert_energies_at_every_level():
+    """LadderTable: sum_j -log psi_j(z_j, sigma_k^2 / 2) at every level of a ladder by cubic Hermite rows, against
+    the exact float64 mixtures (expert_log_density), for responses inside the grids and beyond their reach (the
+    outermost component's Gaussian tail); a response beyond the kept table's reach makes a wider one, which is
+    kept."""
+    from gmdm_cli.tables import ladder_table
+
+    model = random_model(patch_size=3, num_components=31, seed=52)
+    with torch.no_grad():
+        model.filters.mul_(torch.linspace(0.2, 5, 8, dtype=torch.float64)[:, None])  # small and large norms
+    experts, levels = [1, 4, 6], torch.logspace(-2.5, -0.3, 12, dtype=torch.float64)
+    z = torch.randn(8, 40, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(53)) * 0.8
+    ordinary = ladder_table(model, experts, levels, z[experts].abs().amax((1, 2)))
+    z[:, 0, :5] = torch.tensor([-60.0, -9.0, 3.5, 9.0, 60.0])  # far beyond every level's mixture
+    table = ladder_table(model, experts, levels, z[experts].abs().amax((1, 2)))
+    assert table is not ordinary and bool((table.reach > ordinary.reach).all())  # wider grids were made
+    assert bool((table.reach < 60).all())  # and the tail from their ends beyond
+    assert ladder_table(model, experts, levels, 0.5 * z[experts].abs().amax((1, 2))) is table  # kept
+    with torch.no_grad():
+        exact = torch.stack([-expert_log_density(model, z[None], float(s) ** 2 / 2)[0, experts].sum(0)
+                             for s in levels])
+    found = table.energies(z[experts])
+    assert found.shape == exact.shape
+    inside = (z[experts].abs() <= table.reach[:, None, None]).all(0).expand_as(exact)
+    assert (found - exact)[inside].abs().max() < 2e-3  # three experts, ~1e-3 of a nat each at most
+    assert ((found - exact).abs() / exact.abs())[~inside].max() < 5e-3  # hundreds of nats above any minimum

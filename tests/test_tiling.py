@@ -62,6 +62,22 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
     assert rows_seen == [28, 28, 1, 1, 4, 4, 5, 5, 27, 27]
 
 
+def test_site_inputs_of_every_other_patch_in_strips_of_any_height(monkeypatch):
+    """site_inputs with a step: the responses of the patches in rows and columns that are multiples of it, by
+    strided convolutions of strips of any height (a strip may hold no such row), as the full responses sliced."""
+    from gmdm_cli.model import image_responses
+
+    model = random_model(patch_size=3, num_components=21, seed=67)
+    image = torch.rand(1, 1, 30, 20, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
+    with torch.no_grad():
+        full = image_responses(model, image)
+        for step in (2, 3):
+            for rows in (1, 4, 5, 27):
+                monkeypatch.setattr(gmdm_tiling, "strip_rows", lambda *a, rows=rows: rows)
+                found = torch.cat(model.site_inputs(image, lambda top, bottom, z: z, step), 2)
+                assert torch.allclose(found, full[..., ::step, ::step], atol=1e-13, rtol=0)
+
+
 def test_blocks_of_strips_on_worker_threads_equal_one_thread(monkeypatch):
     model = random_model(patch_size=3, num_components=21, seed=67)
     image = torch.rand(1, 1, 40, 23, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
