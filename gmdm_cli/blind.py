@@ -204,7 +204,7 @@ def pixel_levels(model, sites: SiteEnergies, per_site: torch.Tensor) -> torch.Te
     stands for, then every pixel the mean of the sites that cover it."""
     rows, columns, footprint, stride = model.site_grid(sites.shape)
     full = per_site.repeat_interleave(sites.step, 0).repeat_interleave(sites.step, 1)[:rows, :columns]
-    return sites_to_pixels(full[None, None].float(), sites.shape, footprint, stride)
+    return sites_to_pixels(full[None, None], sites.shape, footprint, stride)
 
 
 def nlf_levels(model, image: torch.Tensor, a: float, b: float) -> torch.Tensor:

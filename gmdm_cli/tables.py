@@ -256,14 +256,14 @@ class LadderTable:
         """``sum_j -log psi_j(z_j, t_k)`` of responses ``z`` ``(J, ...)`` (this table's experts in order) at every
         level: ``(K, ...)`` in the table's dtype."""
         shape, count = z.shape[1:], z.shape[0]
-        flat = z.reshape(count, -1).T.to(self.rows.dtype)  # (M, J)
+        flat = z.reshape(count, -1).T.to(self.rows.dtype).contiguous()  # (M, J)
         reach, spacing = (value.to(flat.dtype) for value in (self.reach, self.spacing))
         inside = torch.minimum(torch.maximum(flat, -reach), reach)
         position = (inside + reach) / spacing
         left = position.floor().minimum((self.counts - 2).to(flat.dtype))
         s = position - left
-        left = left.int() + self.offsets.int()
-        index = torch.stack([left, left + 1, left + self.total, left + (1 + self.total)], 2)  # (M, J, 4)
+        rows = torch.tensor([0, 1, self.total, self.total + 1], dtype=torch.int32, device=flat.device)
+        index = (left.int() + self.offsets.int()).unsqueeze(-1) + rows  # (M, J, 4): energies, then slopes
         weights = torch.stack([(1 + 2 * s) * (1 - s) ** 2, s**2 * (3 - 2 * s), s * (1 - s) ** 2, s**2 * (s - 1)], 2)
         summed = F.embedding_bag(index.view(len(flat), -1), self.rows, mode="sum",
                                  per_sample_weights=weights.view(len(flat), -1))  # (M, K)
