@@ -11,6 +11,8 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +20,7 @@ from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
 from .model import (PatchGMDM, expert_curvature, expert_score, image_shape, image_patch_scores, image_responses,
                     patch_counts, patch_sum, time_from_sigma)
-from .tables import ExpertTable, expert_table
+from .tables import ExpertTable, TableStack, expert_table
 from .tiling import automatic_tile, map_strip_blocks, tiled
 
 
@@ -72,40 +74,45 @@ def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Te
     return lower, position - lower
 
 
-def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> None:
-    """Build the tables of the :data:`LADDER_LEVELS` that the times ``t`` need, before worker threads share
-    them (:func:`~gmdm_cli.tables.expert_table` keeps them)."""
+def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> tuple[int, TableStack]:
+    """The tables of the :data:`LADDER_LEVELS` that the times ``t`` need, built before worker threads share them
+    (:func:`~gmdm_cli.tables.expert_table` keeps them): the index of the first and their :class:`TableStack`."""
     sigma = (2 * t).clamp_min(0).sqrt()
     low, high = float(sigma.min()), float(sigma.max())
     below = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(low, dtype=torch.float64))) - 1
     above = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(high, dtype=torch.float64))) + 1
-    for level in LADDER_LEVELS[max(below, 0):min(above, len(LADDER_LEVELS) - 1) + 1].tolist():
-        expert_table(model, float(time_from_sigma(level)))
+    first, last = max(below, 0), min(above, len(LADDER_LEVELS) - 1)
+    key = (first, last, model.logits.dtype, model.logits.device,
+           *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
+    if _stacks.get(model, (None,))[0] != key:
+        tables = [expert_table(model, float(time_from_sigma(level))) for level in LADDER_LEVELS[first:last + 1].tolist()]
+        _stacks[model] = (key, TableStack(model, tables))
+    return first, _stacks[model][1]
 
 
-def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+_stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the last TableStack of each model
+
+
+def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
+                       ladder: tuple[int, TableStack]) -> torch.Tensor:
     """Per-patch Tweedie corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` for one time per
-    patch ``t`` ``(N, 1, h, w)``, from the :class:`ExpertTable` s of :data:`LADDER_LEVELS`: each patch's
+    patch ``t`` ``(N, 1, h, w)``, from the :class:`ExpertTable` s of :data:`LADDER_LEVELS` (``ladder``: the
+    index of the first one needed and their :class:`TableStack`, :func:`ladder_tables`): each patch's
     correction is interpolated linearly in ``log sigma`` between those of the two levels around its own
     ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
     noise; ``tests/test_denoisers.py`` checks it against the exact mixtures). Every response is looked up
-    twice, instead of evaluating ``L`` exponentials: what makes blind denoising with a map about as fast as
-    with one level."""
+    twice, instead of evaluating ``L`` exponentials."""
+    first, stack = ladder
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
     levels = LADDER_LEVELS.to(sigma.device)
     lower, fraction = ladder_position(levels, sigma)
-    fraction = fraction.to(z.dtype)
+    lower = lower.clamp(first, first + len(stack.tables) - 2)  # within the stack (its ends hold every sigma)
     flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
-    result = torch.empty_like(flat)
-    for k in torch.unique(lower).tolist():
-        sites = torch.nonzero(lower == k)[:, 0]
-        responses = flat[:, sites][None]  # (1, J, m)
-        corrections = []
-        for level in (k, k + 1):
-            level_t = float(time_from_sigma(levels[level]))
-            corrections.append(expert_table(model, level_t).score(responses)[0] * (2 * level_t))
-        result[:, sites] = torch.lerp(corrections[0], corrections[1], fraction[sites])
+    twice_t = (levels**2).to(z.dtype)  # 2 t of each level
+    below = stack.score(flat, lower - first).mul_(twice_t[lower])
+    above = stack.score(flat, lower + 1 - first).mul_(twice_t[lower + 1])
+    result = torch.lerp(below, above, fraction.to(z.dtype))
     return result.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1)
 
 
@@ -125,7 +132,8 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
 
-    def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, block) -> tuple[int, torch.Tensor]:
+    def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, ladder,
+                  block) -> tuple[int, torch.Tensor]:
         first = block[0][0]
         summed = x.new_zeros(*x.shape[:-2], block[-1][1] - first + b - 1, x.shape[-1])
         for top, bottom, strip in block:
@@ -134,17 +142,16 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
             else:
                 strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
                 scores = (_patch_scores(model, strip, strip_times, None).mul_(2 * strip_times) if exact
-                          else ladder_corrections(model, strip, strip_times))
+                          else ladder_corrections(model, strip, strip_times, ladder))
             summed[..., top - first:bottom - first + b - 1, :] += patch_sum(model, scores)
         return first, summed
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
-        if times.dim() > 0 and not exact:
-            ladder_tables(model, times)
+        ladder = ladder_tables(model, times) if times.dim() > 0 and not exact else None
         summed = torch.zeros_like(x)
-        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, block)):
+        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block)):
             summed[..., first:first + part.shape[-2], :] += part
         summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores
