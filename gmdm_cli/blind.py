@@ -114,9 +114,12 @@ class IntensityBins:
 
 def intensity_bins(sites: SiteEnergies, mask: torch.Tensor, bins: int = NLF_LIKELIHOOD_BINS) -> IntensityBins:
     """The :class:`IntensityBins` of the sites of ``mask`` ``(h, w)``, ``bins`` equal bins over their range."""
-    index = torch.nonzero(mask.flatten())[:, 0]
-    means, energies = sites.means.flatten()[index], sites.energies.flatten(1)[:, index]
-    low, high = (means.min(), means.max()) if len(index) else (0.0, 1.0)
+    if bool(mask.all()):  # no copy
+        means, energies = sites.means.flatten(), sites.energies.flatten(1)
+    else:
+        index = torch.nonzero(mask.flatten())[:, 0]
+        means, energies = sites.means.flatten()[index], sites.energies.flatten(1)[:, index]
+    low, high = (means.min(), means.max()) if len(means) else (0.0, 1.0)
     which = ((means - low) / max(float(high - low), 1e-12) * bins).long().clamp(0, bins - 1)
     counts = torch.bincount(which, minlength=bins).to(means.dtype)
     intensity = means.new_zeros(bins).index_add_(0, which, means) / counts.clamp_min(1)
