@@ -44,19 +44,16 @@ from .sites import (LEVELS, SIGMA_MAX, SiteEnergies, argmin_refined, clipped_pix
                     sigma_levels, site_energies, usable_sites)
 
 
-def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512, experts=None, sites=None):
+def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512):
     """Per-expert linear-binned histograms of the responses of all patches of ``images`` ``(N, 1, H, W)``
-    (of the :func:`~gmdm_cli.sites.usable_sites` only, when some hold clipped pixels; of the ``sites`` given, a
-    mask of :meth:`~gmdm_cli.kinds.GMDM.site_grid`'s ``(N, rows, columns)``, instead).
+    (of the :func:`~gmdm_cli.sites.usable_sites` only, when some hold clipped pixels).
 
-    Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert. With ``experts``
-    (indices) only their rows are binned (the others stay zero): all that an estimate over them reads.
+    Returns ``(centres, weights)``, both ``(J, bins)``; ``weights`` sum to 1 for every expert.
     """
-    usable = usable_sites(model, images) if sites is None else sites
-    rows = slice(None) if experts is None else torch.as_tensor(list(experts), device=model.logits.device)
+    usable = usable_sites(model, images)
 
     def responses(top: int, bottom: int, z: torch.Tensor) -> torch.Tensor:  # (experts, sites)
-        z = z.movedim(1, 0)[rows]
+        z = z.movedim(1, 0)
         return z.reshape(z.shape[0], -1) if usable is None else z[:, usable[:, top:bottom]]
 
     with torch.no_grad():
@@ -72,11 +69,7 @@ def response_histograms(model: GMDM, images: torch.Tensor, bins: int = 512, expe
     weights.index_add_(0, index, (1 - fraction).reshape(-1))
     weights.index_add_(0, index + 1, fraction.reshape(-1))
     centres = low + step * torch.arange(bins, dtype=z.dtype, device=z.device)
-    if experts is None:
-        return centres, weights.view(-1, bins) / z.shape[1]
-    filled = [z.new_zeros(model.num_filters, bins) for _ in range(2)]
-    filled[0][rows], filled[1][rows] = centres, weights.view(-1, bins) / z.shape[1]
-    return tuple(filled)
+    return centres, weights.view(-1, bins) / z.shape[1]
 
 
 def expert_mean_energies(model: GMDM, histograms, sigma: float, experts=None) -> torch.Tensor:
@@ -109,9 +102,9 @@ def estimate_global_sigma(model: GMDM, image: torch.Tensor, bins: int = 512, coa
     return histogram_argmin(model, _histograms(model, image, bins), coarse=coarse, tolerance=tolerance)
 
 
-def _histograms(model: GMDM, image: torch.Tensor, bins: int = 512, experts=None, sites=None):
+def _histograms(model: GMDM, image: torch.Tensor, bins: int = 512):
     images = image if image.dim() == 4 else image[None, None]
-    return response_histograms(model, images.to(model.logits.dtype), bins, experts, sites)
+    return response_histograms(model, images.to(model.logits.dtype), bins)
 
 
 def histogram_argmin(model: GMDM, histograms, experts=None, coarse: int = 14, tolerance: float = 1e-4) -> float:

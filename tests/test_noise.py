@@ -257,6 +257,29 @@ def test_calibrate_writes_a_calibrated_copy_that_estimates_closer(tmp_path):
     assert abs(fixed - 20 / 255) <= abs(raw - 20 / 255)
 
 
+def test_calibrate_keep_experts_recalibrates_quiet_with_the_models_own_experts(tmp_path, monkeypatch):
+    """--keep-experts: the quiet curve is measured again with the model's own quiet experts (which its flat curve
+    was measured with), not chosen anew; without a choice no whole-image histograms are needed."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    import gmdm_cli.calibration as calibration
+    from gmdm_cli.checkpoint import read_checkpoint
+    from gmdm_cli.noise import quiet_experts
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    iio.imwrite(folder / "camera.png", data.camera()[::2, ::2])
+    monkeypatch.setattr(calibration, "_quiet_choice", lambda *a: pytest.fail("the experts were chosen again"))
+    result = CliRunner().invoke(cli, ["calibrate", "7x7", str(folder), "-o", str(tmp_path / "cal.pt"), "--levels",
+                                      "15,30", "--estimator", "quiet", "--keep-experts"])
+    assert result.exit_code == 0, result.output
+    curves = read_checkpoint(tmp_path / "cal.pt")["metadata"]["noise_calibration"]
+    assert curves["quiet"]["experts"] == quiet_experts(load_model("7x7"))
+    assert curves["quiet"]["true"] == pytest.approx([15 / 255, 30 / 255])
+    assert 0.9 < curves["quiet"]["raw"][1] * 255 / 30 < 1.1  # the quiet experts read the noise, not the content
+
+
 def test_clipped_variance_is_that_of_clipped_gaussian_samples():
     """Var(clip(m + sigma Z, 0, 1)) in closed form (truncated-normal moments) against a million samples."""
     from gmdm_cli.noise import clipped_variance
