@@ -128,10 +128,13 @@ def intensity_bins(sites: SiteEnergies, mask: torch.Tensor, bins: int = NLF_LIKE
 
 
 def all_expert_levels(model, sites: SiteEnergies) -> torch.Tensor:
-    """:func:`local_levels` of all experts' :func:`summed_energies` at the sites ``(h, w)``: the level texture
-    raises most, for :func:`texture_corrected`."""
-    every = range(model.num_filters)
-    return local_levels(sites, MAP_RADIUS, summed_energies(model, sites.responses, sites.levels, every))
+    """:func:`local_levels` of all experts' :func:`summed_energies` at the sites ``(h, w)`` (those of the sites'
+    own experts and of the others): the level texture raises most, for :func:`texture_corrected`."""
+    others = [j for j in range(model.num_filters) if j not in sites.experts]
+    if not others:  # the sites' energies are all experts' already
+        return local_levels(sites, MAP_RADIUS)
+    return local_levels(sites, MAP_RADIUS,
+                        sites.energies + summed_energies(model, sites.responses, sites.levels, others))
 
 
 def texture_corrected(quiet: torch.Tensor, everything: torch.Tensor, floor: float,

@@ -20,7 +20,7 @@ from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
 from .model import (PatchGMDM, expert_curvature, expert_score, image_shape, image_patch_scores, image_responses,
                     patch_counts, patch_sum, time_from_sigma)
-from .tables import ExpertTable, TableStack, expert_table
+from .tables import ExpertTable, TableStack, expert_table, parameters_key
 from .tiling import automatic_tile, map_strip_blocks, tiled
 
 
@@ -82,8 +82,7 @@ def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> tuple[int, TableStack]:
     below = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(low, dtype=torch.float64))) - 1
     above = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(high, dtype=torch.float64))) + 1
     first, last = max(below, 0), min(above, len(LADDER_LEVELS) - 1)
-    key = (first, last, model.logits.dtype, model.logits.device,
-           *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
+    key = (first, last, *parameters_key(model))
     if _stacks.get(model, (None,))[0] != key:
         tables = [expert_table(model, float(time_from_sigma(level))) for level in LADDER_LEVELS[first:last + 1].tolist()]
         _stacks[model] = (key, TableStack(model, tables))

@@ -97,9 +97,9 @@ def sites_to_pixels(per_site: torch.Tensor, shape, footprint: int, stride: int) 
 @dataclass
 class SiteEnergies:
     """The summed energies of some experts (the quiet ones, :func:`~gmdm_cli.noise.image_sites`) ``(K, h, w)`` at
-    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart, all experts' ``responses`` there
-    ``(1, J, h, w)`` (for :func:`summed_energies` of other experts), the sites' mean intensities and which are
-    usable (:func:`usable_sites`)."""
+    ``levels`` ``(K,)`` of sites ``step`` sites of the model's grid apart (``experts``: which), all experts'
+    ``responses`` there ``(1, J, h, w)`` (for :func:`summed_energies` of other experts), the sites' mean
+    intensities and which are usable (:func:`usable_sites`)."""
     energies: torch.Tensor
     responses: torch.Tensor
     levels: torch.Tensor
@@ -107,6 +107,7 @@ class SiteEnergies:
     valid: torch.Tensor
     step: int  # sites kept along each direction, of the model's own (every patch, or every lattice cell)
     shape: tuple
+    experts: list  # whose energies these are
     pooled: dict = field(init=False, repr=False, compare=False, default_factory=dict)  # radius: pooled_energies
 
     def mean_energies(self, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,7 +129,8 @@ def site_energies(model: GMDM, image: torch.Tensor, experts=None, levels: torch.
         means = site_means(model, images, step)[0]
         usable = usable_sites(model, images)
         valid = torch.ones_like(means, dtype=torch.bool) if usable is None else usable[0, ::step, ::step]
-    return SiteEnergies(energies, responses, levels.to(energies), means, valid, step, tuple(image.shape))
+    return SiteEnergies(energies, responses, levels.to(energies), means, valid, step, tuple(image.shape),
+                        list(experts))
 
 
 def summed_energies(model, responses: torch.Tensor, levels: torch.Tensor, experts) -> torch.Tensor:

@@ -265,7 +265,7 @@ class LadderTable:
     interpolation (error ``O(resolution^4)``: within 1e-4 nats of the exact mixtures near the argmin on
     camera at sigma 5-100, closer than the per-level tables) of the rows either side of it, all levels at once,
     and the experts are summed in the same pass (an embedding bag): the position on the grid is found once per
-    response instead of once per level, ~20x faster than one :class:`ExpertTable` per level. Beyond the reach
+    response instead of once per level, 5-10x faster than one :class:`ExpertTable` per level. Beyond the reach
     (at most ``gamma`` plus 10 of the top level's standard deviations: such a response is hundreds of nats
     above the typical at every level) the energy grows as the outermost component's Gaussian tail,
     ``((|z| - gamma)^2 - (reach_j - gamma)^2) / (2 v_jk)``, within a few 1e-3 of its value."""
@@ -320,6 +320,13 @@ class LadderTable:
         return summed.T.reshape(-1, *shape)
 
 
+
+def parameters_key(model: GMDM) -> tuple:
+    """What a cached table of ``model`` depends on: its dtype and device, and where its parameters are and how
+    often they were changed in place (training, projection, loading other weights)."""
+    return (model.logits.dtype, model.logits.device,
+            *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
+
 _ladders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -328,8 +335,7 @@ def ladder_table(model: GMDM, experts, levels: torch.Tensor, largest: torch.Tens
     ``largest`` ``(J,)``, kept per model (like :func:`expert_table`); when a response is beyond the kept one's
     reach, a new one reaches ``2^(n/4) gamma``, the first such length beyond it (at least ``2 gamma``, at most
     where the tail takes over)."""
-    key = (tuple(experts), levels.cpu().numpy().tobytes(), model.logits.dtype, model.logits.device,
-           *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
+    key = (tuple(experts), levels.cpu().numpy().tobytes(), *parameters_key(model))
     tables = _ladders.setdefault(model, OrderedDict())
     table = tables.get(key)
     largest = largest.double().to(model.logits.device)
@@ -353,8 +359,7 @@ def expert_table(model: GMDM, t: float) -> ExpertTable:
     """The :class:`ExpertTable` of ``model`` at time ``t``, built once and kept for the most recent
     ``_CACHE_SIZE`` times of each model; any change to the model's parameters (in place or replaced,
     dtype or device) builds new tables."""
-    key = (float(t), model.logits.dtype, model.logits.device,
-           *(value for parameter in model.parameters() for value in (parameter.data_ptr(), parameter._version)))
+    key = (float(t), *parameters_key(model))
     tables = _cache.setdefault(model, OrderedDict())
     if key in tables:
         tables.move_to_end(key)
