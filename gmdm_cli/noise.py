@@ -182,9 +182,9 @@ def estimate_flat_sigma(model: GMDM, image: torch.Tensor, sites: SiteEnergies | 
 def estimate_quiet_sigma(sites: SiteEnergies, kept: torch.Tensor | None = None) -> float:
     """Raw noise level (0-1 scale) of the whole image whose quiet experts' :func:`image_sites` are ``sites``: the
     argmin over the ladder of the mean energy of its usable sites (of the ``kept`` ones, a mask of the sites, when
-    given; of all when none is usable), refined by a parabola. Fig. 4's estimator over the experts content raises
-    least, at every second patch position, refined by :func:`gaussian_argmin` (its histogram over every patch and
-    golden-section search read the same within 0.1 % on average, 20x slower)."""
+    given; of all when none is usable), refined by :func:`gaussian_argmin`: Fig. 4's estimator over the experts
+    content raises least, at every second patch position (its histogram over every patch and golden-section
+    search read the same within 0.1 % on average, 20x slower)."""
     kept = sites.valid if kept is None else kept
     kept = kept if bool(kept.any()) else torch.ones_like(kept)
     return gaussian_argmin(sites.mean_energies(kept), sites.levels)

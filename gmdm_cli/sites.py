@@ -110,10 +110,12 @@ class SiteEnergies:
     experts: list  # whose energies these are
     pooled: dict = field(init=False, repr=False, compare=False, default_factory=dict)  # radius: pooled_energies
 
-    def mean_energies(self, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The mean energy ``(K,)`` of the usable sites (of those of ``mask`` ``(h, w)`` when given) at each level."""
-        weights = (self.valid if mask is None else mask).flatten().to(self.energies.dtype)
-        return self.energies.flatten(1) @ weights / weights.sum().clamp_min(1)
+    def mean_energies(self, mask: torch.Tensor | None = None, energies: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean energy ``(K,)`` of the usable sites (of those of ``mask`` ``(h, w)`` when given) at each level
+        (of these sites' energies, or of ``energies`` ``(K, h, w)``)."""
+        energies = self.energies if energies is None else energies
+        weights = (self.valid if mask is None else mask).flatten().to(energies.dtype)
+        return energies.flatten(1) @ weights / weights.sum().clamp_min(1)
 
 
 def site_energies(model: GMDM, image: torch.Tensor, experts=None, levels: torch.Tensor = LEVELS) -> SiteEnergies:
@@ -168,8 +170,7 @@ def pooled_energies(sites: SiteEnergies, radius: int, energies: torch.Tensor | N
     weights = sites.valid.to(energies.dtype)
     every = bool(sites.valid.all())  # nothing clipped: no need to weigh the energies
     pooled, counts = box_sum(energies if every else energies * weights, radius), box_sum(weights, radius)
-    overall = energies.flatten(1) @ weights.flatten() / weights.sum().clamp_min(1)
-    pooled = pooled.add_(1e-3 * overall[:, None, None]).div_(counts + 1e-3)
+    pooled = pooled.add_(1e-3 * sites.mean_energies(energies=energies)[:, None, None]).div_(counts + 1e-3)
     result = pooled, counts, argmin_refined(pooled, sites.levels)
     if own:
         sites.pooled[radius] = result

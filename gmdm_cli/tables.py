@@ -304,8 +304,7 @@ class LadderTable:
         shape, count = z.shape[1:], z.shape[0]
         flat = z.reshape(count, -1).T.to(self.rows.dtype).contiguous()  # (M, J)
         reach, spacing = (value.to(flat.dtype) for value in (self.reach, self.spacing))
-        inside = torch.minimum(torch.maximum(flat, -reach), reach)
-        position = (inside + reach) / spacing
+        position = (flat.clamp(-reach, reach) + reach) / spacing
         left = position.floor().minimum((self.counts - 2).to(flat.dtype))
         s = position - left
         rows = torch.tensor([0, 1, self.total, self.total + 1], dtype=torch.int32, device=flat.device)
