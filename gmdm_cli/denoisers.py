@@ -11,7 +11,6 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
 from .model import (PatchGMDM, expert_curvature, expert_score, image_shape, image_patch_scores, image_responses,
                     patch_counts, patch_sum, time_from_sigma)
-from .tables import ExpertTable, TableStack, expert_table, parameters_key
+from .tables import ExpertTable, expert_table
 from .tiling import automatic_tile, map_strip_blocks, tiled
 
 
@@ -74,44 +73,49 @@ def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Te
     return lower, position - lower
 
 
-def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> tuple[int, TableStack]:
+def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> tuple[int, list[ExpertTable]]:
     """The tables of the :data:`LADDER_LEVELS` that the times ``t`` need, built before worker threads share them
-    (:func:`~gmdm_cli.tables.expert_table` keeps them): the index of the first and their :class:`TableStack`."""
+    (:func:`~gmdm_cli.tables.expert_table` keeps them): the index of the first and the tables."""
     sigma = (2 * t).clamp_min(0).sqrt()
     low, high = float(sigma.min()), float(sigma.max())
     below = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(low, dtype=torch.float64))) - 1
     above = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(high, dtype=torch.float64))) + 1
     first, last = max(below, 0), min(above, len(LADDER_LEVELS) - 1)
-    key = (first, last, *parameters_key(model))
-    if _stacks.get(model, (None,))[0] != key:
-        tables = [expert_table(model, float(time_from_sigma(level))) for level in LADDER_LEVELS[first:last + 1].tolist()]
-        _stacks[model] = (key, TableStack(model, tables))
-    return first, _stacks[model][1]
-
-
-_stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the last TableStack of each model
+    return first, [expert_table(model, float(time_from_sigma(level))) for level in LADDER_LEVELS[first:last + 1].tolist()]
 
 
 def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
-                       ladder: tuple[int, TableStack]) -> torch.Tensor:
+                       ladder: tuple[int, list[ExpertTable]]) -> torch.Tensor:
     """Per-patch Tweedie corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` for one time per
     patch ``t`` ``(N, 1, h, w)``, from the :class:`ExpertTable` s of :data:`LADDER_LEVELS` (``ladder``: the
-    index of the first one needed and their :class:`TableStack`, :func:`ladder_tables`): each patch's
+    index of the first one needed and the tables, :func:`ladder_tables`): each patch's
     correction is interpolated linearly in ``log sigma`` between those of the two levels around its own
     ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
-    noise; ``tests/test_denoisers.py`` checks it against the exact mixtures). Every response is looked up
-    twice, instead of evaluating ``L`` exponentials."""
-    first, stack = ladder
+    noise; ``tests/test_denoisers.py`` checks it against the exact mixtures). The patches are grouped by their
+    pair of levels (sorted once), and each group's responses are read from its two tables, the fast lookup of
+    one time: every response is looked up twice, instead of evaluating ``L`` exponentials."""
+    first, tables = ladder
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
     levels = LADDER_LEVELS.to(sigma.device)
     lower, fraction = ladder_position(levels, sigma)
-    lower = lower.clamp(first, first + len(stack.tables) - 2)  # within the stack (its ends hold every sigma)
-    flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
-    twice_t = (levels**2).to(z.dtype)  # 2 t of each level
-    below = stack.score(flat, lower - first).mul_(twice_t[lower])
-    above = stack.score(flat, lower + 1 - first).mul_(twice_t[lower + 1])
-    result = torch.lerp(below, above, fraction.to(z.dtype))
+    lower = lower.clamp(first, first + len(tables) - 2) - first  # within the tables (their ends hold every sigma)
+    twice_t = (levels[first:first + len(tables)] ** 2).to(z.dtype)  # 2 t of each level
+    fraction = fraction.to(z.dtype)
+    order = torch.argsort(lower)
+    below_weight = (twice_t[lower] * (1 - fraction))[order]
+    above_weight = (twice_t[lower + 1] * fraction)[order]
+    grouped = z.movedim(1, 0).reshape(z.shape[1], -1).index_select(1, order)  # (J, P): by pair of levels
+    result = torch.empty_like(grouped)
+    start = 0
+    for k, count in enumerate(torch.bincount(lower, minlength=len(tables)).tolist()):
+        if count:
+            part = grouped[None, :, start:start + count]
+            below = tables[k].score(part)[0].mul_(below_weight[start:start + count])
+            torch.addcmul(below, tables[k + 1].score(part)[0], above_weight[start:start + count],
+                          out=result[:, start:start + count])
+        start += count
+    result = torch.empty_like(result).index_copy_(1, order, result)
     return result.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1)
 
 
@@ -148,9 +152,13 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
-        ladder = ladder_tables(model, times) if times.dim() > 0 and not exact else None
+        # the levels of this tile's patches (not the padding beyond the last patch)
+        ladder = (ladder_tables(model, times[..., :x.shape[-2] - b + 1, :x.shape[-1] - b + 1])
+                  if times.dim() > 0 and not exact else None)
         summed = torch.zeros_like(x)
-        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block)):
+        # a map's strips are 4x longer: each looks up every pair of ladder levels that its patches fall between
+        scale = 4 if ladder is not None else 1
+        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block), scale):
             summed[..., first:first + part.shape[-2], :] += part
         summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores

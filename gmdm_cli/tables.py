@@ -206,51 +206,6 @@ class ExpertTable:
 
 
 
-class TableStack:
-    """The :class:`ExpertTable` s of several times of one model read as one: every response at the table of its
-    own time with a single gather (their score tables laid end to end), instead of one pass per table over the
-    responses that belong to it. What per-patch times (a noise map) need: the patches of a strip fall on a dozen
-    ladder levels, and one small lookup per level cost more than the lookups themselves. Where a response falls
-    on a table's grid follows from the table's time and the expert (the grid spans ``gamma + margin
-    sigma_j(t)`` either side in ``points`` steps), so only the tables' values are gathered."""
-
-    def __init__(self, model: GMDM, tables: list[ExpertTable]):
-        dtype, device = tables[0].scores[0].dtype, tables[0].scores[0].device
-        self.tables, self.gamma, self.margin = tables, float(model.gamma), tables[0].margin
-        self.values = torch.cat([table.scores[0] for table in tables])
-        self.steps = torch.cat([table.scores[1] for table in tables])
-        self.points = torch.tensor([table.points for table in tables], device=device)  # (T,)
-        self.starts = torch.cumsum(torch.tensor([0] + [table.scores[0].numel() for table in tables[:-1]],
-                                                device=device), 0)  # (T,): where each table begins
-        self.twice_t = torch.tensor([2 * table.t for table in tables], dtype=dtype, device=device)  # (T,)
-        self.norms2 = model.filter_norms2().detach().to(dtype)[:, None]  # (J, 1)
-        self.floor = float(model.sigma0) ** 2
-        self.experts = torch.arange(len(self.norms2), device=device)[:, None]
-
-    def score(self, z: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        """``d/dz log psi_j(z, t)`` of responses ``z`` ``(J, P)`` at the time of table ``which`` ``(P,)``
-        (interpolated linearly as :meth:`ExpertTable.score`, exact off its grid)."""
-        std = (self.twice_t[which] * self.norms2 + self.floor).sqrt_()  # (J, P): sigma_j(t)
-        reach = std.mul_(self.margin).add_(self.gamma)  # the grid's end: gamma + margin sigma_j(t)
-        points = self.points[which]
-        position = (z + reach).mul_((points - 1).to(z.dtype)).div_(2 * reach)
-        outside = z.abs() > reach
-        off_grid = bool(outside.any())
-        index = position.long()
-        if off_grid:  # kept on the grid here, exact below
-            index = torch.minimum(index.clamp_min_(0), points - 1)
-        index += self.starts[which] + self.experts * points  # expert j's points start at j G in its table
-        flat = index.view(-1)
-        value = self.values.index_select(0, flat).addcmul_(position.frac_().view(-1), self.steps.index_select(0, flat))
-        value = value.view(z.shape)
-        if off_grid:
-            experts, patches = torch.nonzero(outside, as_tuple=True)
-            for k in torch.unique(which[patches]).tolist():
-                chosen = which[patches] == k
-                rows, columns = experts[chosen], patches[chosen]
-                value[rows, columns] = self.tables[k]._exact(z[rows, columns], rows)[1].to(value.dtype)
-        return value
-
 LADDER_RESOLUTION = 0.5  # a LadderTable's spacing over its expert's standard deviation at the lowest level
 
 

@@ -63,6 +63,28 @@ def test_per_patch_levels_from_the_ladder_of_tables_match_the_exact_mixtures():
     assert (ladder - exact).abs().max() < 3e-3 * exact.abs().max()
 
 
+def test_a_maps_tables_span_the_levels_of_its_patches_only(monkeypatch):
+    """Each tile's ladder of tables spans the levels of its patches, not the padding beyond the last patch (which
+    once stretched a map of 0.03-0.1 down to the ladder's bottom: 67 tables instead of 20)."""
+    from gmdm_cli import denoisers
+
+    spans = []
+    original = denoisers.ladder_tables
+
+    def recorded(model, t):
+        sigma = (2 * t).sqrt()
+        spans.append((float(sigma.min()), float(sigma.max())))
+        return original(model, t)
+
+    monkeypatch.setattr(denoisers, "ladder_tables", recorded)
+    model = random_model(patch_size=3, seed=19).float()
+    image = torch.rand(1, 1, 30, 26, generator=torch.Generator().manual_seed(20))
+    sigma = torch.linspace(0.03, 0.1, 28)[None, None, None, :].expand(1, 1, 28, 28)[..., :24].contiguous()
+    ebpa(model, image, sigma, tile=16)
+    assert len(spans) > 1  # tiled
+    assert min(low for low, _ in spans) >= 0.03 - 1e-6 and max(high for _, high in spans) <= 0.1 + 1e-6
+
+
 def test_denoise_array_handles_colour_channels_and_alpha():
     model = random_model(patch_size=3, seed=15).float()
     rgba = np.random.default_rng(16).uniform(size=(12, 11, 4))

@@ -71,25 +71,3 @@ def test_ladder_table_is_the_exact_sum_of_expert_energies_at_every_level():
     inside = (z[experts].abs() <= table.reach[:, None, None]).all(0).expand_as(exact)
     assert (found - exact)[inside].abs().max() < 2e-3  # three experts, ~1e-3 of a nat each at most
     assert ((found - exact).abs() / exact.abs())[~inside].max() < 5e-3  # hundreds of nats above any minimum
-
-
-def test_table_stack_reads_each_response_at_its_own_tables_score():
-    """TableStack: a response at the table of its own time, by one gather over the tables laid end to end, is
-    that table's own score (linear on the grid, exact off it)."""
-    from gmdm_cli.tables import TableStack
-
-    model = random_model(patch_size=3, num_components=31, seed=54)
-    with torch.no_grad():
-        model.filters.mul_(torch.linspace(0.2, 5, 8, dtype=torch.float64)[:, None])
-    model = model.float()
-    tables = [ExpertTable(model, s**2 / 2) for s in (2 / 255, 10 / 255, 40 / 255)]
-    stack = TableStack(model, tables)
-    generator = torch.Generator().manual_seed(55)
-    z = torch.randn(8, 500, generator=generator) * torch.linspace(0.05, 3, 500)  # on and off the small grids
-    z[:, :3] = torch.tensor([-40.0, 0.0, 40.0])  # off every grid
-    which = torch.randint(0, 3, (500,), generator=generator)
-    found = stack.score(z, which)
-    for k, table in enumerate(tables):
-        columns = which == k
-        expected = table.score(z[None, :, columns])[0]
-        assert torch.allclose(found[:, columns], expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
