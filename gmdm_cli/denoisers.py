@@ -11,7 +11,10 @@ The patch means are left unchanged (the filters are zero-mean), as in the paper.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +22,7 @@ from .choices import BOUNDARIES, METHODS
 from .kinds import GMDM
 from .model import (PatchGMDM, expert_curvature, expert_score, image_shape, image_patch_scores, image_responses,
                     patch_counts, patch_sum, time_from_sigma)
-from .tables import ExpertTable, expert_table
+from .tables import SCORE_TABLE_BYTES, ExpertTable, LadderScores, expert_table, parameters_key
 from .tiling import automatic_tile, map_strip_blocks, tiled
 
 
@@ -73,49 +76,68 @@ def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Te
     return lower, position - lower
 
 
-def ladder_tables(model: PatchGMDM, t: torch.Tensor) -> tuple[int, list[ExpertTable]]:
-    """The tables of the :data:`LADDER_LEVELS` that the times ``t`` need, built before worker threads share them
-    (:func:`~gmdm_cli.tables.expert_table` keeps them): the index of the first and the tables."""
+def ladder_scores(model: PatchGMDM, t: torch.Tensor) -> list[LadderScores]:
+    """The :class:`~gmdm_cli.tables.LadderScores` of the :data:`LADDER_LEVELS` that the times ``t`` need
+    (``first``: the index of each one's lowest level; the next begins at the last level of one, so that every
+    patch's pair of levels is in one of them), in as few tables as keep each under
+    :data:`~gmdm_cli.tables.SCORE_TABLE_BYTES`. The model's last three sets are kept: the iterations of HQS,
+    the tiles of an image and the channels of a colour image read the same ones."""
     sigma = (2 * t).clamp_min(0).sqrt()
     low, high = float(sigma.min()), float(sigma.max())
     below = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(low, dtype=torch.float64))) - 1
     above = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(high, dtype=torch.float64))) + 1
     first, last = max(below, 0), min(above, len(LADDER_LEVELS) - 1)
-    return first, [expert_table(model, float(time_from_sigma(level))) for level in LADDER_LEVELS[first:last + 1].tolist()]
+    key = (first, last, *parameters_key(model))
+    ladders = _ladders.setdefault(model, OrderedDict())
+    if key not in ladders:
+        element = model.logits.element_size()
+        parts = 1
+        while True:  # equal parts of the levels, as few as fit
+            bounds = [first + round(k * (last - first) / parts) for k in range(parts + 1)]
+            if all(LadderScores.size_of(model, LADDER_LEVELS[a:b + 1]) * element <= SCORE_TABLE_BYTES
+                   for a, b in zip(bounds, bounds[1:])) or min(np.diff(bounds)) <= 1:
+                break
+            parts += 1
+        ladders[key] = [LadderScores(model, LADDER_LEVELS[a:b + 1], a) for a, b in zip(bounds, bounds[1:])]
+        if len(ladders) > 3:  # a colour image's channels
+            ladders.popitem(last=False)
+    ladders.move_to_end(key)
+    return ladders[key]
+
+
+_ladders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the last few ladders of each model
 
 
 def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
-                       ladder: tuple[int, list[ExpertTable]]) -> torch.Tensor:
+                       ladder: list[LadderScores]) -> torch.Tensor:
     """Per-patch Tweedie corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` for one time per
-    patch ``t`` ``(N, 1, h, w)``, from the :class:`ExpertTable` s of :data:`LADDER_LEVELS` (``ladder``: the
-    index of the first one needed and the tables, :func:`ladder_tables`): each patch's
-    correction is interpolated linearly in ``log sigma`` between those of the two levels around its own
-    ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
-    noise; ``tests/test_denoisers.py`` checks it against the exact mixtures). The patches are grouped by their
-    pair of levels (sorted once), and each group's responses are read from its two tables, the fast lookup of
-    one time: every response is looked up twice, instead of evaluating ``L`` exponentials."""
-    first, tables = ladder
+    patch ``t`` ``(N, 1, h, w)``, from the tables of :data:`LADDER_LEVELS` (``ladder``, :func:`ladder_scores`):
+    each patch's correction is interpolated linearly in ``log sigma`` between those of the two levels around its
+    own ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
+    noise; ``tests/test_denoisers.py`` checks it against the exact mixtures), both read from one
+    :class:`~gmdm_cli.tables.LadderScores`. Where the ladder is in several tables, the patches are grouped by
+    table (sorted once)."""
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
     levels = LADDER_LEVELS.to(sigma.device)
     lower, fraction = ladder_position(levels, sigma)
-    lower = lower.clamp(first, first + len(tables) - 2) - first  # within the tables (their ends hold every sigma)
-    twice_t = (levels[first:first + len(tables)] ** 2).to(z.dtype)  # 2 t of each level
-    fraction = fraction.to(z.dtype)
-    order = torch.argsort(lower)
-    below_weight = (twice_t[lower] * (1 - fraction))[order]
-    above_weight = (twice_t[lower + 1] * fraction)[order]
-    grouped = z.movedim(1, 0).reshape(z.shape[1], -1).index_select(1, order)  # (J, P): by pair of levels
-    result = torch.empty_like(grouped)
-    start = 0
-    for k, count in enumerate(torch.bincount(lower, minlength=len(tables)).tolist()):
-        if count:
-            part = grouped[None, :, start:start + count]
-            below = tables[k].score(part)[0].mul_(below_weight[start:start + count])
-            torch.addcmul(below, tables[k + 1].score(part)[0], above_weight[start:start + count],
-                          out=result[:, start:start + count])
-        start += count
-    result = torch.empty_like(result).index_copy_(1, order, result)
+    lower = lower.clamp(ladder[0].first, ladder[-1].first + ladder[-1].count - 2)  # within the tables
+    flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
+    if len(ladder) == 1:
+        result = ladder[0].corrections(flat, lower - ladder[0].first, fraction)
+    else:
+        starts = torch.tensor([table.first for table in ladder[1:]], device=lower.device)
+        which = torch.searchsorted(starts, lower, right=True)  # the table whose levels hold k and k + 1
+        order = torch.argsort(which)
+        grouped, lower, fraction = flat.index_select(1, order), lower[order], fraction[order]
+        result = torch.empty_like(grouped)
+        begin = 0
+        for table, count in zip(ladder, torch.bincount(which, minlength=len(ladder)).tolist()):
+            part = slice(begin, begin + count)
+            if count:
+                result[:, part] = table.corrections(grouped[:, part], lower[part] - table.first, fraction[part])
+            begin += count
+        result = torch.empty_like(result).index_copy_(1, order, result)
     return result.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1)
 
 
@@ -134,6 +156,8 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
+    # a map's tables, for every tile, built before the workers share them
+    ladder = ladder_scores(model, t.to(device)) if t.dim() > 0 and not exact else None
 
     def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, ladder,
                   block) -> tuple[int, torch.Tensor]:
@@ -152,13 +176,8 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
-        # the levels of this tile's patches (not the padding beyond the last patch)
-        ladder = (ladder_tables(model, times[..., :x.shape[-2] - b + 1, :x.shape[-1] - b + 1])
-                  if times.dim() > 0 and not exact else None)
         summed = torch.zeros_like(x)
-        # a map's strips are 4x longer: each looks up every pair of ladder levels that its patches fall between
-        scale = 4 if ladder is not None else 1
-        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block), scale):
+        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block)):
             summed[..., first:first + part.shape[-2], :] += part
         summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores

@@ -206,6 +206,114 @@ class ExpertTable:
 
 
 
+SCORE_RESOLUTION = 0.05  # a LadderScores' spacing over its expert's standard deviation at the lowest level
+SCORE_TABLE_BYTES = 1 << 26  # the most one LadderScores holds; a wider ladder is split into several
+
+
+class LadderScores:
+    """The Tweedie corrections ``c_jk(z) = sigma_k^2 d/dz log psi_j(z, t_k)`` of every expert at ``K``
+    consecutive levels ``sigma_k`` of a ladder (``2 t_k = sigma_k^2``), on one grid per expert that all levels
+    share: what a noise map (one level per patch) needs.
+
+    Expert ``j``'s grid spans ``[-reach_j, reach_j]``, ``reach_j = gamma + margin sigma_j(t_K)`` (the top
+    level's, as :class:`ExpertTable`), with spacing ``h_j <= resolution sigma_j(t_1)`` (the lowest level's
+    deviation: every level's function varies on a scale of at least that, Theorem 2), and holds all ``K``
+    levels' corrections in a row. A response of a patch between levels ``k`` and ``k + 1`` is read from the
+    four values around it (two grid points, two levels): linear in the response (error ``resolution^2 / 8``
+    relative to the scale of the lowest level's score, less at the higher ones), then linear in ``log sigma``
+    between the levels. Its position on the grid is found once for both levels, and there is no lookup per
+    level: the cost of a noise map is that of one table. The values come from the exact mixtures on a coarse
+    grid per level (spacing ``exact_resolution sigma_j(t_k)``, values and derivatives), resampled by cubic
+    Hermite interpolation. Responses beyond the reach (rare) are evaluated exactly. ``first``: where ``levels``
+    begin on the ladder they are part of (several tables may share one, :func:`~gmdm_cli.denoisers.ladder_scores`)."""
+
+    def __init__(self, model: GMDM, levels: torch.Tensor, first: int = 0, resolution: float = SCORE_RESOLUTION,
+                 margin: float = 10.0, exact_resolution: float = 0.25):
+        device, dtype = model.logits.device, model.logits.dtype
+        self.first = first  # where the levels begin on the ladder they are part of
+        self.levels = levels.to(device, torch.float64)  # (K,)
+        self.log_weights = torch.log_softmax(model.logits.detach().double(), dim=1)
+        self.means = model.means.double()
+        self.variances = model.sigma0**2 + model.filter_norms2().detach().double()[:, None] * self.levels**2  # (J, K)
+        deviations = self.variances.sqrt()
+        reach = model.gamma + margin * deviations[:, -1]  # (J,)
+        counts = grid_counts(reach, resolution * deviations[:, 0])
+        owner, offsets, index = ragged_grid(counts)
+        fine = index / (counts - 1)[owner]  # (G,): where each point lies on its expert's grid, 0 to 1
+        columns = []
+        for k in range(len(self.levels)):
+            coarse = grid_counts(reach, exact_resolution * deviations[:, k])
+            coarse_owner, coarse_offsets, coarse_index = ragged_grid(coarse)
+            spacing = 2 * reach / (coarse - 1)
+            z = -reach[coarse_owner] + spacing[coarse_owner] * coarse_index
+            _, scores, curvatures = exact_values(self.log_weights, self.means, z, coarse_owner,
+                                                 self.variances[coarse_owner, k], derivatives=True)
+            position = fine * (coarse - 1)[owner]
+            left = position.floor().long().minimum((coarse - 2)[owner])
+            s, h, left = position - left, spacing[owner], left + coarse_offsets[owner]
+            hermite = ((2 * s**3 - 3 * s**2 + 1) * scores[left] + (s**3 - 2 * s**2 + s) * h * curvatures[left]
+                       + (3 * s**2 - 2 * s**3) * scores[left + 1] + (s**3 - s**2) * h * curvatures[left + 1])
+            columns.append(hermite * self.levels[k] ** 2)
+        self.values = torch.stack(columns, 1).to(dtype).reshape(-1)  # point-major: all levels of a point in a row
+        self.count = len(self.levels)
+        self.reach = reach.to(dtype)
+        spacing = 2 * reach / (counts - 1)
+        self.inverse, self.shift = (1 / spacing).to(dtype)[:, None], (reach / spacing).to(dtype)[:, None]
+        index_dtype = torch.int32 if self.values.numel() < 2**31 else torch.int64
+        self.base = (offsets * self.count).to(index_dtype)[:, None]  # (J, 1): where expert j's rows start
+        self.high_end = ((counts - 1) * (1 - 1e-5)).to(dtype)[:, None]  # (J, 1): within the last cell
+
+    @staticmethod
+    def size_of(model: GMDM, levels: torch.Tensor, resolution: float = SCORE_RESOLUTION,
+                margin: float = 10.0) -> int:
+        """The number of values a table of ``levels`` holds (before building it)."""
+        levels = levels.to(model.logits.device, torch.float64)
+        norms2 = model.filter_norms2().detach().double()
+        deviations = (model.sigma0**2 + norms2[:, None] * levels[[0, -1]] ** 2).sqrt()
+        return int(grid_counts(model.gamma + margin * deviations[:, 1], resolution * deviations[:, 0]).sum()) * len(levels)
+
+    def corrections(self, z: torch.Tensor, level: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+        """``(1 - f) c_jk(z) + f c_j(k+1)(z)`` of responses ``z`` ``(J, P)`` of patches between the levels ``k =
+        level`` ``(P,)`` (``0 <= k <= K - 2``) and ``k + 1``, a fraction ``f = fraction`` ``(P,)`` of the way."""
+        count = self.count
+        z = z.detach()
+        # the position on the grid, kept within it (the last cell's far end 1e-5 of a cell short; exact off it)
+        position = torch.addcmul(self.shift, z, self.inverse).clamp_min_(0)
+        position = torch.minimum(position, self.high_end, out=position)  # (clamp with tensor bounds is 5x slower)
+        left = position.to(self.base.dtype)
+        step = position.frac_().view(-1)
+        index = left.mul_(count).add_(self.base).add_(level.to(self.base.dtype)).view(-1)
+        values = self.values
+
+        def level_value(shift: int) -> torch.Tensor:  # linear in z at level k + shift
+            return torch.lerp(values[shift:].index_select(0, index), values[count + shift:].index_select(0, index),
+                              step)
+
+        result = torch.lerp(level_value(0).view(z.shape), level_value(1).view(z.shape), fraction.to(z.dtype))
+        reach = self.reach[:, None]
+        if bool(((z.amin(1, keepdim=True) < -reach) | (z.amax(1, keepdim=True) > reach)).any()):
+            experts, patches = torch.nonzero(z.abs() > reach, as_tuple=True)
+            k = level[patches].to(experts.device)
+            ends = [exact_values(self.log_weights, self.means, z[experts, patches], experts,
+                                 self.variances[experts, k + shift])[1] * self.levels[k + shift] ** 2
+                    for shift in (0, 1)]
+            result[experts, patches] = torch.lerp(*ends, fraction[patches].double()).to(result.dtype)
+        return result
+
+
+def grid_counts(reach: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+    """Points of uniform grids over ``[-reach_j, reach_j]`` with spacing at most ``spacing_j`` ``(J,)`` (at least 2)."""
+    return torch.ceil(2 * reach / spacing).long().clamp_min(1) + 1
+
+
+def ragged_grid(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grids of ``counts`` ``(J,)`` points laid end to end: each point's expert and index on its grid, and where
+    each grid starts: ``(owner, offsets, index)``."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    offsets = torch.cumsum(counts, 0) - counts
+    return owner, offsets, torch.arange(int(counts.sum()), device=counts.device) - offsets[owner]
+
+
 LADDER_RESOLUTION = 0.5  # a LadderTable's spacing over its expert's standard deviation at the lowest level
 
 
@@ -305,7 +413,7 @@ def ladder_table(model: GMDM, experts, levels: torch.Tensor, largest: torch.Tens
     return table
 
 
-_CACHE_SIZE = 128  # a ladder of levels for per-patch times (denoisers.LADDER_LEVELS) fits
+_CACHE_SIZE = 128  # every level of an HQS or restoration schedule fits
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

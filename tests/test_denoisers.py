@@ -63,26 +63,34 @@ def test_per_patch_levels_from_the_ladder_of_tables_match_the_exact_mixtures():
     assert (ladder - exact).abs().max() < 3e-3 * exact.abs().max()
 
 
-def test_a_maps_tables_span_the_levels_of_its_patches_only(monkeypatch):
-    """Each tile's ladder of tables spans the levels of its patches, not the padding beyond the last patch (which
-    once stretched a map of 0.03-0.1 down to the ladder's bottom: 67 tables instead of 20)."""
-    from gmdm_cli import denoisers
+def test_a_maps_tables_span_its_levels_once_for_every_tile(monkeypatch):
+    """A map's ladder of tables spans the levels of its patches (not the padding beyond the last patch, which
+    once stretched a map of 0.03-0.1 down to the ladder's bottom: 67 levels instead of 20), built once for all
+    tiles, and a wide ladder is split into tables that each hold every patch's pair of levels."""
+    from gmdm_cli import denoisers, tables
 
     spans = []
-    original = denoisers.ladder_tables
+    original = denoisers.ladder_scores
 
     def recorded(model, t):
         sigma = (2 * t).sqrt()
         spans.append((float(sigma.min()), float(sigma.max())))
         return original(model, t)
 
-    monkeypatch.setattr(denoisers, "ladder_tables", recorded)
-    model = random_model(patch_size=3, seed=19).float()
-    image = torch.rand(1, 1, 30, 26, generator=torch.Generator().manual_seed(20))
-    sigma = torch.linspace(0.03, 0.1, 28)[None, None, None, :].expand(1, 1, 28, 28)[..., :24].contiguous()
-    ebpa(model, image, sigma, tile=16)
-    assert len(spans) > 1  # tiled
-    assert min(low for low, _ in spans) >= 0.03 - 1e-6 and max(high for _, high in spans) <= 0.1 + 1e-6
+    monkeypatch.setattr(denoisers, "ladder_scores", recorded)
+    model = random_model(patch_size=3, seed=19)
+    image = torch.rand(1, 1, 30, 26, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    sigma = torch.linspace(0.03, 0.1, 24, dtype=torch.float64).expand(1, 1, 28, 24).contiguous()
+    whole = ebpa(model, image, sigma, tile=0)
+    assert torch.allclose(ebpa(model, image, sigma, tile=16), whole, atol=1e-12)
+    assert len(spans) == 2 and spans[0][0] >= 0.03 - 1e-9 and spans[0][1] <= 0.1 + 1e-9
+    monkeypatch.setattr(tables, "SCORE_TABLE_BYTES", 1)
+    monkeypatch.setattr(denoisers, "SCORE_TABLE_BYTES", 1)
+    ladder = original(model, torch.tensor([[0.001**2 / 2, 0.5]], dtype=torch.float64))
+    assert len(ladder) > 2 and all(a.first + a.count - 1 == b.first for a, b in zip(ladder, ladder[1:]))
+    assert torch.allclose(ebpa(model, image, sigma * torch.linspace(0.1, 5, 24, dtype=torch.float64), tile=0),
+                          ebpa(model, image, sigma * torch.linspace(0.1, 5, 24, dtype=torch.float64), exact=True),
+                          rtol=0, atol=3e-3)
 
 
 def test_denoise_array_handles_colour_channels_and_alpha():

@@ -71,3 +71,39 @@ def test_ladder_table_is_the_exact_sum_of_expert_energies_at_every_level():
     inside = (z[experts].abs() <= table.reach[:, None, None]).all(0).expand_as(exact)
     assert (found - exact)[inside].abs().max() < 2e-3  # three experts, ~1e-3 of a nat each at most
     assert ((found - exact).abs() / exact.abs())[~inside].max() < 5e-3  # hundreds of nats above any minimum
+
+
+def test_ladder_scores_read_every_level_pair_as_the_exact_mixtures():
+    """LadderScores: the correction sigma_k^2 d/dz log psi_j of a patch between two ladder levels, interpolated
+    linearly in the fraction between them, within 2e-3 of its scale sigma^2 / sigma_j(t) of the exact values
+    (the grid's linear interpolation), on the grids, off them (evaluated exactly) and at their ends."""
+    from gmdm_cli.denoisers import LADDER_LEVELS
+    from gmdm_cli.tables import LadderScores
+
+    model = random_model(patch_size=3, num_components=31, seed=56)
+    with torch.no_grad():
+        model.filters.mul_(torch.linspace(0.2, 5, 8, dtype=torch.float64)[:, None])  # small and large norms
+    levels = LADDER_LEVELS[30:52]  # sigma 0.008-0.1
+    table = LadderScores(model, levels)
+    generator = torch.Generator().manual_seed(57)
+    count = 3000
+    level = torch.randint(0, len(levels) - 1, (count,), generator=generator)
+    fraction = torch.rand(count, generator=generator, dtype=torch.float64)
+    fraction[:50] = 0.0
+    fraction[50:100] = 1.0
+    deviations = table.variances.sqrt()  # (J, K)
+    z = torch.randn(8, count, generator=generator, dtype=torch.float64) * (3 * deviations[:, level] + 0.5)
+    z[:, :3] = torch.stack([-table.reach, table.reach, 1.5 * table.reach], 1).double()  # the ends, and beyond
+    found = table.corrections(z, level, fraction)
+    ends = []
+    for shift in (0, 1):  # the exact corrections at the levels below and above each patch
+        values = torch.empty(8, count, dtype=torch.float64)
+        for k in torch.unique(level + shift).tolist():
+            chosen = level + shift == k
+            with torch.no_grad():
+                score = expert_score(model, z[:, chosen].T.contiguous(), float(levels[k]) ** 2 / 2)  # (n, J)
+            values[:, chosen] = score.T * levels[k] ** 2
+        ends.append(values)
+    expected = torch.lerp(ends[0], ends[1], fraction)
+    scale = levels[level] ** 2 / deviations[:, level]
+    assert ((found - expected).abs() / scale).max() < 2e-3

@@ -47,7 +47,7 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
     sigma_map = 0.02 + 0.1 * torch.rand(1, 1, 28, 17, generator=torch.Generator().manual_seed(66), dtype=torch.float64)
     rows_seen = []
 
-    def strip_rows(model, patch_rows, patch_columns, device, scale=1, rows=None):
+    def strip_rows(model, patch_rows, patch_columns, device, rows=None):
         rows_seen.append(rows or patch_rows)
         return rows or patch_rows
 
