@@ -93,6 +93,21 @@ def test_a_maps_tables_span_its_levels_once_for_every_tile(monkeypatch):
                           rtol=0, atol=3e-3)
 
 
+def test_maps_with_nearby_levels_share_the_ladders_tables():
+    """The next image of a batch, whose map spans nearly the same levels, reads the kept tables (aligned ends);
+    a map beyond them gets its own, which holds all its levels."""
+    from gmdm_cli.denoisers import LADDER_LEVELS, ladder_scores
+
+    model = random_model(patch_size=3, seed=21)
+    times = lambda low, high: torch.tensor([low, high], dtype=torch.float64) ** 2 / 2  # noqa: E731
+    ladder = ladder_scores(model, times(0.031, 0.1))
+    assert ladder_scores(model, times(0.033, 0.095)) is ladder
+    other = ladder_scores(model, times(0.01, 0.1))
+    assert other is not ladder
+    assert LADDER_LEVELS[other[0].first] <= 0.01 and LADDER_LEVELS[other[-1].first + other[-1].count - 1] >= 0.1
+    assert other[0].first % 4 == 0
+
+
 def test_denoise_array_handles_colour_channels_and_alpha():
     model = random_model(patch_size=3, seed=15).float()
     rgba = np.random.default_rng(16).uniform(size=(12, 11, 4))
