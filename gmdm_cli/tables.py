@@ -238,22 +238,11 @@ class LadderScores:
         deviations = self.variances.sqrt()
         reach = model.gamma + margin * deviations[:, -1]  # (J,)
         counts = grid_counts(reach, resolution * deviations[:, 0])
-        owner, offsets, index = ragged_grid(counts)
-        fine = index / (counts - 1)[owner]  # (G,): where each point lies on its expert's grid, 0 to 1
-        columns = []
-        for k in range(len(self.levels)):
-            coarse = grid_counts(reach, exact_resolution * deviations[:, k])
-            coarse_owner, coarse_offsets, coarse_index = ragged_grid(coarse)
-            spacing = 2 * reach / (coarse - 1)
-            z = -reach[coarse_owner] + spacing[coarse_owner] * coarse_index
-            _, scores, curvatures = exact_values(self.log_weights, self.means, z, coarse_owner,
-                                                 self.variances[coarse_owner, k], derivatives=True)
-            position = fine * (coarse - 1)[owner]
-            left = position.floor().long().minimum((coarse - 2)[owner])
-            s, h, left = position - left, spacing[owner], left + coarse_offsets[owner]
-            hermite = ((2 * s**3 - 3 * s**2 + 1) * scores[left] + (s**3 - 2 * s**2 + s) * h * curvatures[left]
-                       + (3 * s**2 - 2 * s**3) * scores[left + 1] + (s**3 - s**2) * h * curvatures[left + 1])
-            columns.append(hermite * self.levels[k] ** 2)
+        offsets = ragged_grid(counts)[1]
+        experts = torch.arange(len(counts), device=device)
+        columns = [resampled_exact(self.log_weights, self.means, experts, self.variances[:, k], reach, counts,
+                                   exact_resolution * deviations[:, k])[0] * self.levels[k] ** 2
+                   for k in range(len(self.levels))]
         self.values = torch.stack(columns, 1).to(dtype).reshape(-1)  # point-major: all levels of a point in a row
         self.count = len(self.levels)
         self.reach = reach.to(dtype)
@@ -314,7 +303,35 @@ def ragged_grid(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return owner, offsets, torch.arange(int(counts.sum()), device=counts.device) - offsets[owner]
 
 
+def resampled_exact(log_weights: torch.Tensor, means: torch.Tensor, experts: torch.Tensor, variances: torch.Tensor,
+                    reach: torch.Tensor, counts: torch.Tensor, spacing: torch.Tensor,
+                    energies: bool = False) -> tuple[torch.Tensor, ...]:
+    """The exact scores ``d/dz log psi_j`` (and with ``energies`` first the energies ``-log psi_j``) of the
+    ``experts`` ``(J,)`` (model indices) at one level (``variances`` ``(J,)``) on uniform grids of ``counts``
+    points over ``[-reach_j, reach_j]``, laid end to end: evaluated on coarser grids with spacing at most
+    ``spacing`` ``(J,)`` (never more points than the fine grid) with their derivatives, and resampled by cubic
+    Hermite interpolation (error ``O(h^4)``: each function varies on the scale of its expert's deviation)."""
+    coarse = torch.minimum(grid_counts(reach, spacing), counts)
+    coarse_owner, coarse_offsets, coarse_index = ragged_grid(coarse)
+    step = 2 * reach / (coarse - 1)
+    z = -reach[coarse_owner] + step[coarse_owner] * coarse_index
+    energy, score, curvature = exact_values(log_weights, means, z, experts[coarse_owner],
+                                            variances[coarse_owner], derivatives=True)
+    owner, _, index = ragged_grid(counts)
+    position = index / (counts - 1)[owner] * (coarse - 1)[owner]
+    left = position.floor().long().minimum((coarse - 2)[owner])
+    s, h, left = position - left, step[owner], left + coarse_offsets[owner]
+    basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
+
+    def hermite(values: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+        return sum(w * v for w, v in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
+
+    scores = hermite(score, curvature)
+    return (hermite(energy, -score), scores) if energies else (scores,)
+
+
 LADDER_RESOLUTION = 0.5  # a LadderTable's spacing over its expert's standard deviation at the lowest level
+EXACT_LADDER_RESOLUTION = 0.25  # the spacing of each level's exact values over its own deviation
 
 
 class LadderTable:
@@ -343,14 +360,14 @@ class LadderTable:
         self.variances = model.sigma0**2 + norms2[:, None] * levels[None] ** 2  # (J, K): 2 t = sigma^2
         self.cap = self.gamma + 10 * self.variances[:, -1].sqrt()  # (J,): the tail beyond is one component's
         self.reach = torch.minimum(reach.to(device, torch.float64), self.cap)
-        counts = torch.ceil(2 * self.reach / (resolution * self.variances[:, 0].sqrt())).long() + 1  # (J,)
+        deviations = self.variances.sqrt()
+        counts = grid_counts(self.reach, resolution * deviations[:, 0])  # (J,)
         self.spacing = 2 * self.reach / (counts - 1)
-        owner = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
-        self.offsets = torch.cumsum(counts, 0) - counts  # (J,): where each expert's rows start
-        position = torch.arange(int(counts.sum()), device=device) - self.offsets[owner]
-        z = -self.reach[owner] + self.spacing[owner] * position
+        owner, self.offsets, _ = ragged_grid(counts)  # offsets (J,): where each expert's rows start
         log_weights = torch.log_softmax(model.logits.detach().double(), dim=1)
-        columns = [exact_values(log_weights, model.means.double(), z, index[owner], self.variances[owner, k])
+        # each level exact on a grid of a quarter of its own deviations (the lowest: the table's points), resampled
+        columns = [resampled_exact(log_weights, model.means.double(), index, self.variances[:, k], self.reach,
+                                   counts, EXACT_LADDER_RESOLUTION * deviations[:, k], energies=True)
                    for k in range(len(levels))]
         energies = torch.stack([energy for energy, _ in columns], 1)  # (N, K)
         slopes = -torch.stack([score for _, score in columns], 1) * self.spacing[owner, None]  # d/dz energy times h
