@@ -36,7 +36,7 @@ def candidates(model, noisy: np.ndarray, ratios, floors) -> dict[str, np.ndarray
     tensor = torch.as_tensor(noisy, dtype=model.logits.dtype)
     sites = image_sites(model, tensor)
     quiet = local_levels(sites, blind.MAP_RADIUS)
-    everything = blind.all_expert_levels(model, sites)
+    everything = blind.all_expert_levels(model, sites, quiet, max(ratios))
     constant = estimate_global_noise(model, tensor, sites=sites)[0]
 
     def pixels(levels: torch.Tensor) -> np.ndarray:

@@ -127,14 +127,25 @@ def intensity_bins(sites: SiteEnergies, mask: torch.Tensor, bins: int = NLF_LIKE
                          sites.levels, counts)
 
 
-def all_expert_levels(model, sites: SiteEnergies) -> torch.Tensor:
+def all_expert_levels(model, sites: SiteEnergies, quiet: torch.Tensor, ratio: float = TEXTURE_RATIO) -> torch.Tensor:
     """:func:`local_levels` of all experts' :func:`summed_energies` at the sites ``(h, w)`` (those of the sites'
-    own experts and of the others): the level texture raises most, for :func:`texture_corrected`."""
+    own experts and of the others): the level texture raises most, for :func:`texture_corrected`, given the quiet
+    local levels ``quiet``. Only over the levels that can change the correction: from the last at or below the
+    lowest quiet level (all experts' level below a site's quiet one corrects nothing) to the first at or above
+    ``ratio^(1/2)`` times the highest (beyond, the correction with that ``ratio`` is at its floor), and one more
+    at either end for the refinement. A window's mean energy falls and then rises with the level, so the argmin
+    over these is the argmin over all kept within them, which corrects alike (the same maps to 1e-12 on five
+    scikit-image images with four kinds of noise), at half the cost or less."""
+    levels = sites.levels
+    low, high = (torch.tensor(value, dtype=levels.dtype, device=levels.device)
+                 for value in (float(quiet.min()), ratio**0.5 * float(quiet.max())))
+    part = slice(max(int(torch.searchsorted(levels, low, right=True)) - 2, 0),
+                 min(int(torch.searchsorted(levels, high)) + 2, len(levels)))
     others = [j for j in range(model.num_filters) if j not in sites.experts]
-    if not others:  # the sites' energies are all experts' already
-        return local_levels(sites, MAP_RADIUS)
-    return local_levels(sites, MAP_RADIUS,
-                        sites.energies + summed_energies(model, sites.responses, sites.levels, others))
+    energies = sites.energies[part]
+    if others:  # else the sites' energies are all experts' already
+        energies = energies + summed_energies(model, sites.responses, levels, others, part)
+    return local_levels(sites, MAP_RADIUS, energies, part)
 
 
 def texture_corrected(quiet: torch.Tensor, everything: torch.Tensor, floor: float,
@@ -261,7 +272,7 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     if chosen == "constant":
         return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains, typical)
     floor = MAP_FLOOR * quietest
-    corrected = texture_corrected(local, all_expert_levels(model, sites), floor)
+    corrected = texture_corrected(local, all_expert_levels(model, sites, local), floor)
     sigma_map = pixel_levels(model, sites, corrected)
     if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them), nor below their floor
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map).clamp_min(floor)

@@ -18,7 +18,7 @@ from .kinds import GMDM
 from .tables import ladder_table
 
 SIGMA_MAX = 0.5  # largest noise level searched (0-1 scale); the model is trained up to 0.4
-LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= SIGMA_MAX)][::2]  # of site_energies, ~15 % apart
+LEVELS = LADDER_LEVELS[(LADDER_LEVELS >= 0.5 / 255) & (LADDER_LEVELS <= SIGMA_MAX)][::2].contiguous()  # of site_energies, ~15 % apart
 
 
 def clipped_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -135,13 +135,15 @@ def site_energies(model: GMDM, image: torch.Tensor, experts=None, levels: torch.
                         list(experts))
 
 
-def summed_energies(model, responses: torch.Tensor, levels: torch.Tensor, experts) -> torch.Tensor:
-    """``sum_{j in experts} -log psi_j`` of ``responses`` ``(1, J, h, w)`` at every one of ``levels``: ``(K, h, w)``,
-    float64, from the model's :class:`~gmdm_cli.tables.LadderTable` of those experts and levels."""
+def summed_energies(model, responses: torch.Tensor, levels: torch.Tensor, experts,
+                    part: slice = slice(None)) -> torch.Tensor:
+    """``sum_{j in experts} -log psi_j`` of ``responses`` ``(1, J, h, w)`` at every one of ``levels`` (or of
+    ``levels[part]``): ``(K, h, w)``, float64, from the model's :class:`~gmdm_cli.tables.LadderTable` of those
+    experts and levels."""
     index = torch.as_tensor(list(experts), device=responses.device)
     z = responses[0, index]
     with torch.no_grad():
-        return ladder_table(model, list(experts), levels, z.abs().amax((1, 2))).energies(z).double()
+        return ladder_table(model, list(experts), levels, z.abs().amax((1, 2))).energies(z, part).double()
 
 
 def window_sums(values: torch.Tensor, size: int, pad: int = 0) -> torch.Tensor:
@@ -159,9 +161,11 @@ def box_sum(values: torch.Tensor, radius: int) -> torch.Tensor:
     return window_sums(values, 2 * radius + 1, radius)
 
 
-def pooled_energies(sites: SiteEnergies, radius: int, energies: torch.Tensor | None = None):
+def pooled_energies(sites: SiteEnergies, radius: int, energies: torch.Tensor | None = None,
+                    part: slice = slice(None)):
     """The mean energy ``(K, h, w)`` of each site's usable neighbours within ``radius`` sites (a ``(2 radius + 1)^2``
-    window; the summed energies of ``sites``, or ``energies``), how many there are ``(h, w)`` and the argmin of
+    window; the summed energies of ``sites``, or ``energies`` at the levels ``part`` of the sites'), how many there
+    are ``(h, w)`` and the argmin of
     each window's mean energy ``(h, w)``, a local noise level; a window with none takes the mean of all usable
     sites. Those of ``sites``' own energies are kept with them (the flat estimate and the blind map share them)."""
     if energies is None and radius in sites.pooled:
@@ -171,12 +175,13 @@ def pooled_energies(sites: SiteEnergies, radius: int, energies: torch.Tensor | N
     every = bool(sites.valid.all())  # nothing clipped: no need to weigh the energies
     pooled, counts = box_sum(energies if every else energies * weights, radius), box_sum(weights, radius)
     pooled = pooled.add_(1e-3 * sites.mean_energies(energies=energies)[:, None, None]).div_(counts + 1e-3)
-    result = pooled, counts, argmin_refined(pooled, sites.levels)
+    result = pooled, counts, argmin_refined(pooled, sites.levels[part])
     if own:
         sites.pooled[radius] = result
     return result
 
 
-def local_levels(sites: SiteEnergies, radius: int, energies: torch.Tensor | None = None) -> torch.Tensor:
+def local_levels(sites: SiteEnergies, radius: int, energies: torch.Tensor | None = None,
+                 part: slice = slice(None)) -> torch.Tensor:
     """The argmin of each site's :func:`pooled_energies` ``(h, w)``: a local noise level."""
-    return pooled_energies(sites, radius, energies)[2]
+    return pooled_energies(sites, radius, energies, part)[2]

@@ -378,9 +378,9 @@ class LadderTable:
         """Whether the grids reach every response up to ``largest`` ``(J,)`` (``|z|``), or as far as they go."""
         return bool(((largest <= self.reach) | (self.reach >= self.cap)).all())
 
-    def energies(self, z: torch.Tensor) -> torch.Tensor:
+    def energies(self, z: torch.Tensor, part: slice = slice(None)) -> torch.Tensor:
         """``sum_j -log psi_j(z_j, t_k)`` of responses ``z`` ``(J, ...)`` (this table's experts in order) at every
-        level: ``(K, ...)`` in the table's dtype."""
+        level (those of ``part`` of them; the cost goes with their number): ``(K, ...)`` in the table's dtype."""
         shape, count = z.shape[1:], z.shape[0]
         flat = z.reshape(count, -1).T.to(self.rows.dtype).contiguous()  # (M, J)
         reach, spacing = (value.to(flat.dtype) for value in (self.reach, self.spacing))
@@ -397,12 +397,13 @@ class LadderTable:
         torch.sub(1, weights[:, 0], out=weights[:, 1])
         torch.mul(s, rest2, out=weights[:, 2])
         torch.mul(square, rest, out=weights[:, 3]).neg_()
-        summed = F.embedding_bag(index.view(len(flat), -1), self.rows, mode="sum",
+        rows = self.rows if part == slice(None) else self.rows[:, part].contiguous()
+        summed = F.embedding_bag(index.view(len(flat), -1), rows, mode="sum",
                                  per_sample_weights=weights.view(len(flat), -1))  # (M, K)
         beyond = flat.abs() > reach
         if bool(beyond.any()):  # the outermost component's Gaussian tail from the grid's end
             tail = torch.where(beyond, ((flat.abs() - self.gamma) ** 2 - (reach - self.gamma) ** 2) / 2, 0)
-            summed = summed + tail @ (1 / self.variances).to(flat.dtype)
+            summed = summed + tail @ (1 / self.variances[:, part]).to(flat.dtype)
         return summed.T.contiguous().reshape(-1, *shape)
 
 

@@ -82,7 +82,7 @@ def test_texture_correction_takes_out_what_texture_adds_to_the_local_levels(mode
     image[:, 64:] = data.grass()[:128, :64] / 255.0
     sites = image_sites(model, torch.tensor(_noisy(image, sigma, 6), dtype=torch.float32))
     quiet = local_levels(sites, MAP_RADIUS)
-    everything = all_expert_levels(model, sites)
+    everything = all_expert_levels(model, sites, quiet)
     corrected = texture_corrected(quiet, everything, 0.0)
     middle = quiet.shape[1] // 2
     textured, smooth = (slice(middle + 4, None), slice(None, middle - 4))
