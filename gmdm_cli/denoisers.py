@@ -127,24 +127,28 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
     each patch's correction is interpolated linearly in ``log sigma`` between those of the two levels around its
     own ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
     noise; ``tests/test_denoisers.py`` checks it against the exact mixtures), both read from one
-    :class:`~gmdm_cli.tables.LadderScores`. Where the ladder is in several tables, the patches are grouped by
-    table (sorted once)."""
+    :class:`~gmdm_cli.tables.LadderScores`. Where the patches need several of the ladder's tables, they are grouped
+    by table (sorted once)."""
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
     levels = LADDER_LEVELS.to(sigma.device)
     lower, fraction = ladder_position(levels, sigma)
     lower = lower.clamp(ladder[0].first, ladder[-1].first + ladder[-1].count - 2)  # within the tables
     flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
-    if len(ladder) == 1:
-        result = ladder[0].corrections(flat, lower - ladder[0].first, fraction)
-    else:
+    tables = ladder
+    if len(ladder) > 1:
         starts = torch.tensor([table.first for table in ladder[1:]], device=lower.device)
         which = torch.searchsorted(starts, lower, right=True)  # the table whose levels hold k and k + 1
+        used = int(which.min()), int(which.max())
+        tables, which = ladder[used[0]:used[1] + 1], which - used[0]
+    if len(tables) == 1:
+        result = tables[0].corrections(flat, lower - tables[0].first, fraction)
+    else:
         order = torch.argsort(which)
         grouped, lower, fraction = flat.index_select(1, order), lower[order], fraction[order]
         result = torch.empty_like(grouped)
         begin = 0
-        for table, count in zip(ladder, torch.bincount(which, minlength=len(ladder)).tolist()):
+        for table, count in zip(tables, torch.bincount(which, minlength=len(tables)).tolist()):
             part = slice(begin, begin + count)
             if count:
                 result[:, part] = table.corrections(grouped[:, part], lower[part] - table.first, fraction[part])
@@ -154,7 +158,7 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
 
 
 def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
-                    tile: int | None = None) -> torch.Tensor:
+                    tile: int | None = None, ladder: list[LadderScores] | None = None) -> torch.Tensor:
     """The patch-averaged Tweedie correction ``(1/C) sum_i P_i^T 2t_i grad log f(P_i x, t_i)`` (Eq. 3 on
     every overlapping patch, stride 1, averaged at each pixel), ``(N, 1, H, W) -> (N, 1, H, W)``.
 
@@ -163,13 +167,15 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     ``tile x tile`` pixels (``None``: :func:`~gmdm_cli.tiling.automatic_tile`; ``0``: in one piece) on the
     model's device with the same result; ``images`` may stay on another device. Within a tile, the patch
     sums of strips of rows are added up in place, blocks of strips on the CPU's threads
-    (:func:`~gmdm_cli.tiling.map_strip_blocks`); the result does not depend on it beyond rounding.
+    (:func:`~gmdm_cli.tiling.map_strip_blocks`); the result does not depend on it beyond rounding. Per-patch times
+    are read from ``ladder`` (:func:`ladder_scores` of times that include these; default: of these).
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
     # a map's tables, for every tile, built before the workers share them
-    ladder = ladder_scores(model, t.to(device)) if t.dim() > 0 and not exact else None
+    if ladder is None and t.dim() > 0 and not exact:
+        ladder = ladder_scores(model, t.to(device))
 
     def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, ladder,
                   block) -> tuple[int, torch.Tensor]:
@@ -349,7 +355,10 @@ def hqs(model: PatchGMDM, noisy: torch.Tensor, sigma, schedule: list[float] | No
     relative = hqs_schedule() if schedule is None else schedule
     weight = HQS_DATA_WEIGHT if data_weight is None else data_weight
     variance = float(sigma) ** 2 if sigma.dim() == 0 else sigma**2
-    estimate = lambda x, r: x + tweedie_average(model, x, r * variance, exact, tile)
+    # a map: one ladder of tables for the times of every iteration (each iteration's would be another table)
+    ladder = (ladder_scores(model, torch.stack([min(relative) * variance.min(), max(relative) * variance.max()]))
+              if sigma.dim() > 0 and not exact else None)
+    estimate = lambda x, r: x + tweedie_average(model, x, r * variance, exact, tile, ladder)
     x = hqs_updates(batch, relative, weight, patch_counts(model, batch), estimate)
     return x[..., rows, columns].reshape(noisy.shape)
 

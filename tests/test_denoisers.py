@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model
-from gmdm_cli.denoisers import denoise_array, ebpa
+from gmdm_cli.denoisers import denoise_array, ebpa, hqs
 from gmdm_cli.model import patch_tweedie
 
 
@@ -106,6 +106,23 @@ def test_maps_with_nearby_levels_share_the_ladders_tables():
     assert other is not ladder
     assert LADDER_LEVELS[other[0].first] <= 0.01 and LADDER_LEVELS[other[-1].first + other[-1].count - 1] >= 0.1
     assert other[0].first % 4 == 0
+
+
+def test_hqs_of_a_map_reads_one_ladder_for_all_its_iterations(monkeypatch):
+    """HQS with a noise map builds (or finds) one ladder of tables for the times of every iteration, not one per
+    iteration, and its result equals the exact mixtures'."""
+    from gmdm_cli import denoisers
+
+    calls = []
+    original = denoisers.ladder_scores
+    monkeypatch.setattr(denoisers, "ladder_scores", lambda model, t: calls.append(t) or original(model, t))
+    model = random_model(patch_size=3, seed=22)
+    generator = torch.Generator().manual_seed(23)
+    image = torch.rand(1, 1, 24, 22, generator=generator, dtype=torch.float64)
+    sigma = 0.03 + 0.07 * torch.rand(1, 1, 22, 20, generator=generator, dtype=torch.float64)
+    result = hqs(model, image, sigma)
+    assert len(calls) == 1
+    assert torch.allclose(result, hqs(model, image, sigma, exact=True), rtol=0, atol=2e-3)
 
 
 def test_denoise_array_handles_colour_channels_and_alpha():
