@@ -14,8 +14,8 @@ number of torch threads:
   shows that every configuration computes the same thing;
 * on the 481x321 image with the 7x7 model, also blind EB-PA and HQS (the noise model estimated first) and
   ``estimate-noise`` with and without ``--map``, with their ratios to one EB-PA (HQS) pass at a known sigma; and
-  blind EB-PA of the same image with signal-dependent noise (``blind-ebpa-sd``: a noise-level function and a
-  level per pixel, where the constant noise's blind estimate denoises at one level);
+  blind EB-PA and HQS of the same image with signal-dependent noise (``blind-ebpa-sd``, ``blind-hqs-sd``: a
+  noise-level function and a level per pixel, where the constant noise's blind estimate denoises at one level);
 * the same images through ``skimage.restoration.denoise_nl_means`` and, when the optional ``bm3d`` package
   is installed, BM3D (481x321 only), as time ratios to EB-PA 7x7;
 * training: one optimiser step of denoising score matching (Eq. 4) on a batch of 3200 patches with the
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
                     outputs[method, model_name, size, device] = record["output"]
                     show(denoise_row(method, model_name, size, device, record))
             if size == "481x321":  # blind and noise estimation, 7x7: against one pass of the same method
-                for method in ("blind-ebpa", "blind-hqs", "estimate", "estimate-map", "blind-ebpa-sd"):
+                for method in ("blind-ebpa", "blind-hqs", "estimate", "estimate-map", "blind-ebpa-sd", "blind-hqs-sd"):
                     record = run_child(args.threads, "denoise", method, "7x7", size, device, args.repeats)
                     timings[method, "7x7", size, device] = record["median"]
                     show(denoise_row(method, "7x7", size, device, record))
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
              f"blind HQS {ratio('blind-hqs', 'hqs'):.1f}x HQS, estimate-noise {ratio('estimate', 'ebpa'):.1f}x "
              f"EB-PA, with --map {ratio('estimate-map', 'ebpa'):.1f}x EB-PA (issue 26 asks <= 3x, <= 2x); blind "
              f"EB-PA of signal-dependent noise (its own noise-level function and levels per pixel) "
-             f"{ratio('blind-ebpa-sd', 'ebpa'):.1f}x")
+             f"{ratio('blind-ebpa-sd', 'ebpa'):.1f}x, blind HQS of it {ratio('blind-hqs-sd', 'hqs'):.1f}x")
     if devices == ["cpu", "cuda"]:
         import numpy as np
 
