@@ -345,7 +345,8 @@ class LadderTable:
     interpolation (error ``O(resolution^4)``: within 1e-4 nats of the exact mixtures near the argmin on
     camera at sigma 5-100, closer than the per-level tables) of the rows either side of it, all levels at once,
     and the experts are summed in the same pass (an embedding bag): the position on the grid is found once per
-    response instead of once per level, 5-10x faster than one :class:`ExpertTable` per level. Beyond the reach
+    response instead of once per level, 5-10x faster than one :class:`ExpertTable` per level (each level's values
+    come from the exact mixtures on a grid of a quarter of its own deviation, :func:`resampled_exact`). Beyond the reach
     (at most ``gamma`` plus 10 of the top level's standard deviations: such a response is hundreds of nats
     above the typical at every level) the energy grows as the outermost component's Gaussian tail,
     ``((|z| - gamma)^2 - (reach_j - gamma)^2) / (2 v_jk)``, within a few 1e-3 of its value."""
@@ -397,8 +398,8 @@ class LadderTable:
         torch.sub(1, weights[:, 0], out=weights[:, 1])
         torch.mul(s, rest2, out=weights[:, 2])
         torch.mul(square, rest, out=weights[:, 3]).neg_()
-        rows = self.rows if part == slice(None) else self.rows[:, part].contiguous()
-        summed = F.embedding_bag(index.view(len(flat), -1), rows, mode="sum",
+        table = self.rows if part == slice(None) else self.rows[:, part].contiguous()
+        summed = F.embedding_bag(index.view(len(flat), -1), table, mode="sum",
                                  per_sample_weights=weights.view(len(flat), -1))  # (M, K)
         beyond = flat.abs() > reach
         if bool(beyond.any()):  # the outermost component's Gaussian tail from the grid's end
