@@ -79,14 +79,15 @@ def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Te
 LADDER_ALIGNMENT = 4  # a map's ladder begins and ends at a multiple of this many levels (30 % in sigma)
 
 
-def ladder_scores(model: PatchGMDM, t: torch.Tensor) -> list[LadderScores]:
+def ladder_scores(model: PatchGMDM, t: torch.Tensor, curvatures: bool = False) -> list[LadderScores]:
     """The :class:`~gmdm_cli.tables.LadderScores` of the :data:`LADDER_LEVELS` that the times ``t`` need
     (``first``: the index of each one's lowest level; the next begins at the last level of one, so that every
     patch's pair of levels is in one of them), in as few tables as keep each under
     :data:`~gmdm_cli.tables.SCORE_TABLE_BYTES`. The ends are widened to multiples of :data:`LADDER_ALIGNMENT`
     levels, and a kept ladder that holds the levels needed and at most that many more at either end is read
     instead of a new one: the iterations of HQS, the tiles and channels of an image and the next images of a
-    batch, whose levels differ a little, share the tables (a build costs ~10 EB-PA passes)."""
+    batch, whose levels differ a little, share the tables (a build costs ~10 EB-PA passes). ``curvatures``: with
+    the curvatures' tables too (posterior variances)."""
     sigma = (2 * t).clamp_min(0).sqrt()
     low, high = float(sigma.min()), float(sigma.max())
     below = int(torch.searchsorted(LADDER_LEVELS, torch.tensor(low, dtype=torch.float64))) - 1
@@ -95,8 +96,8 @@ def ladder_scores(model: PatchGMDM, t: torch.Tensor) -> list[LadderScores]:
     ladders = _ladders.setdefault(model, OrderedDict())
     parameters = parameters_key(model)
     for key in reversed(ladders):
-        (start, end), kept = key[:2], key[2:]
-        if (kept == parameters and start <= first and end >= last
+        (start, end, with_curvatures), kept = key[:3], key[3:]
+        if (kept == parameters and start <= first and end >= last and (with_curvatures or not curvatures)
                 and first - start <= LADDER_ALIGNMENT and end - last <= LADDER_ALIGNMENT):
             ladders.move_to_end(key)
             return ladders[key]
@@ -106,12 +107,12 @@ def ladder_scores(model: PatchGMDM, t: torch.Tensor) -> list[LadderScores]:
     parts = 1
     while True:  # equal parts of the levels, as few as fit
         bounds = [first + round(k * (last - first) / parts) for k in range(parts + 1)]
-        if all(LadderScores.size_of(model, LADDER_LEVELS[a:b + 1]) * element <= SCORE_TABLE_BYTES
+        if all(LadderScores.size_of(model, LADDER_LEVELS[a:b + 1]) * element * (1 + curvatures) <= SCORE_TABLE_BYTES
                for a, b in zip(bounds, bounds[1:])) or min(np.diff(bounds)) <= 1:
             break
         parts += 1
-    key = (first, last, *parameters)
-    ladders[key] = [LadderScores(model, LADDER_LEVELS[a:b + 1], a) for a, b in zip(bounds, bounds[1:])]
+    key = (first, last, curvatures, *parameters)
+    ladders[key] = [LadderScores(model, LADDER_LEVELS[a:b + 1], a, curvatures) for a, b in zip(bounds, bounds[1:])]
     if len(ladders) > 4:
         ladders.popitem(last=False)
     return ladders[key]
@@ -120,21 +121,17 @@ def ladder_scores(model: PatchGMDM, t: torch.Tensor) -> list[LadderScores]:
 _ladders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the last few ladders of each model
 
 
-def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
-                       ladder: list[LadderScores]) -> torch.Tensor:
-    """Per-patch Tweedie corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` for one time per
-    patch ``t`` ``(N, 1, h, w)``, from the tables of :data:`LADDER_LEVELS` (``ladder``, :func:`ladder_scores`):
-    each patch's correction is interpolated linearly in ``log sigma`` between those of the two levels around its
-    own ``sigma = sqrt(2 t_i)`` (levels 7.5 % apart: relative error ~1e-3 of the correction, far below the
-    noise; ``tests/test_denoisers.py`` checks it against the exact mixtures), both read from one
-    :class:`~gmdm_cli.tables.LadderScores`. Where the patches need several of the ladder's tables, they are grouped
-    by table (sorted once)."""
-    z = image_responses(model, batch)  # (N, J, h, w)
-    sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1).double()
+def ladder_terms(ladder: list[LadderScores], z: torch.Tensor, sigma: torch.Tensor,
+                 curvatures: bool = False) -> tuple[torch.Tensor, ...]:
+    """The corrections ``sigma_i^2 dlog psi_j(z_ij, t_i)`` of responses ``z`` ``(J, P)`` of patches at levels
+    ``sigma`` ``(P,)`` (and with ``curvatures`` ``sigma_i^2 d^2 log psi_j``), from ``ladder`` (:func:`ladder_scores`):
+    each interpolated linearly in ``log sigma`` between the two levels around the patch's own (levels 7.5 % apart:
+    relative error ~1e-3, far below the noise; ``tests/test_denoisers.py`` checks it against the exact mixtures),
+    both read from one :class:`~gmdm_cli.tables.LadderScores`. Where the patches need several of the ladder's
+    tables, they are grouped by table (sorted once)."""
     levels = LADDER_LEVELS.to(sigma.device)
-    lower, fraction = ladder_position(levels, sigma)
+    lower, fraction = ladder_position(levels, sigma.double())
     lower = lower.clamp(ladder[0].first, ladder[-1].first + ladder[-1].count - 2)  # within the tables
-    flat = z.movedim(1, 0).reshape(z.shape[1], -1)  # (J, P)
     tables = ladder
     if len(ladder) > 1:
         starts = torch.tensor([table.first for table in ladder[1:]], device=lower.device)
@@ -142,19 +139,31 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
         used = int(which.min()), int(which.max())
         tables, which = ladder[used[0]:used[1] + 1], which - used[0]
     if len(tables) == 1:
-        result = tables[0].corrections(flat, lower - tables[0].first, fraction)
-    else:
-        order = torch.argsort(which)
-        grouped, lower, fraction = flat.index_select(1, order), lower[order], fraction[order]
-        result = torch.empty_like(grouped)
-        begin = 0
-        for table, count in zip(tables, torch.bincount(which, minlength=len(tables)).tolist()):
-            part = slice(begin, begin + count)
-            if count:
-                result[:, part] = table.corrections(grouped[:, part], lower[part] - table.first, fraction[part])
-            begin += count
-        result = torch.empty_like(result).index_copy_(1, order, result)
-    return result.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1)
+        results = tables[0].corrections(z, lower - tables[0].first, fraction, curvatures)
+        return results if curvatures else (results,)
+    order = torch.argsort(which)
+    grouped, lower, fraction = z.index_select(1, order), lower[order], fraction[order]
+    results = [torch.empty_like(grouped) for _ in range(1 + curvatures)]
+    begin = 0
+    for table, count in zip(tables, torch.bincount(which, minlength=len(tables)).tolist()):
+        part = slice(begin, begin + count)
+        if count:
+            found = table.corrections(grouped[:, part], lower[part] - table.first, fraction[part], curvatures)
+            for result, value in zip(results, found if curvatures else (found,)):
+                result[:, part] = value
+        begin += count
+    return tuple(torch.empty_like(result).index_copy_(1, order, result) for result in results)
+
+
+def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, ladder: list[LadderScores],
+                       curvatures: bool = False) -> tuple[torch.Tensor, ...]:
+    """:func:`ladder_terms` of every patch of ``batch`` at its time ``t`` ``(N, 1, h, w)``: the per-patch Tweedie
+    corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` (and with ``curvatures`` ``2 t_i
+    d^2 log psi_j``)."""
+    z = image_responses(model, batch)  # (N, J, h, w)
+    sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1)
+    terms = ladder_terms(ladder, z.movedim(1, 0).reshape(z.shape[1], -1), sigma, curvatures)
+    return tuple(term.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1) for term in terms)
 
 
 def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
@@ -187,7 +196,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
             else:
                 strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
                 scores = (_patch_scores(model, strip, strip_times, None).mul_(2 * strip_times) if exact
-                          else ladder_corrections(model, strip, strip_times, ladder))
+                          else ladder_corrections(model, strip, strip_times, ladder)[0])
             summed[..., top - first:bottom - first + b - 1, :] += patch_sum(model, scores)
         return first, summed
 
@@ -226,8 +235,8 @@ def ebpa(model: PatchGMDM, noisy: torch.Tensor, sigma, boundary: str = "valid", 
     return estimate[..., rows, columns].reshape(noisy.shape)
 
 
-def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
-                   tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, tile: int | None = None,
+                   exact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EB-PA's estimate of ``noisy`` (``(H, W)`` or ``(N, 1, H, W)``, ``boundary="valid"``) at ``sigma`` (a number,
     or one level per patch ``(N, 1, H-b+1, W-b+1)``) and the two parts of its per-pixel posterior variance (the
     patches' own, their disagreement), each shaped like ``noisy``.
@@ -245,7 +254,8 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
     the mean of the patches' own variances plus their disagreement (the two parts returned). Per patch position
     the diagonal (the squared filters against the curvatures) and the correction ``sum_j k_j sigma_i^2 s_ij`` are
     two small matrix products; the corrections, the diagonals and the squared corrections are put back in place
-    by one fold (col2im). Experts from tables for one ``sigma``, exact for maps; in tiles like
+    by one fold (col2im). Experts from tables (for one ``sigma`` an :class:`~gmdm_cli.tables.ExpertTable`, for maps
+    the ladder's :class:`~gmdm_cli.tables.LadderScores` with their curvatures), exact with ``exact``; in tiles like
     :func:`tweedie_average`, strips of rows on the CPU's threads within a tile.
     """
     batch, sigma, _ = _prepare(model, noisy, sigma, "valid")
@@ -259,23 +269,26 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
     def strip_sums(strip: torch.Tensor, times: torch.Tensor, table: ExpertTable | None) -> torch.Tensor:
         """``sum_i P_i^T`` of the corrections, of the own variances and of the squared corrections of the patches
         of one strip of rows, ``(N, 3, rows + b - 1, W)``: one fold (col2im) of the three per-position maps."""
-        z = image_responses(model, strip)
-        if table is None:
-            scores, curvatures = expert_score(model, z, times), expert_curvature(model, z, times)
-        else:
+        if table is not None:  # one level: scaled after the fold
+            z = image_responses(model, strip)
             scores, curvatures = table.score_and_curvature(z)
-        count, sites = z.shape[0], z.shape[2] * z.shape[3]
-        variance = (2 * times).expand(count, 1, *z.shape[2:]).reshape(count, sites)  # sigma_i^2 of every patch
-        parts = z.new_empty(count, 3, b * b, sites)  # written in place: no temporaries, no concatenation
+        elif exact:  # per patch: sigma_i^2 s_ij and sigma_i^2 h_ij
+            z = image_responses(model, strip)
+            scores, curvatures = (value(model, z, times) * (2 * times) for value in (expert_score, expert_curvature))
+        else:
+            scores, curvatures = ladder_corrections(model, strip, times, ladder, curvatures=True)
+        count, sites = scores.shape[0], scores.shape[2] * scores.shape[3]
+        variance = (2 * times).expand(count, 1, *scores.shape[2:]).reshape(count, sites)  # sigma_i^2 of every patch
+        parts = scores.new_empty(count, 3, b * b, sites)  # written in place: no temporaries, no concatenation
         for n in range(count):
             # per patch and position m: the correction sigma_i^2 sum_j k_j[m] s_ij, and the own variance
             # [Cov_i]_(m, m) = sigma_i^2 (1/a + sum_j k_j[m]^2 / ||k_j||^2) + sigma_i^4 sum_j k_j[m]^2 h_ij
             torch.matmul(model.filters.T, scores[n].reshape(-1, sites), out=parts[n, 0])
             torch.matmul(squares, curvatures[n].reshape(-1, sites), out=parts[n, 1])
-            parts[n, 1].addr_(flat, variance[n].reciprocal())
-            if times.dim():
-                parts[n, 0].mul_(variance[n])
-                parts[n, 1].mul_(variance[n] ** 2)
+            if times.dim():  # sigma_i^2 (sigma_i^2 sum_j k_j[m]^2 h_ij + 1/a + ...)
+                parts[n, 1].addr_(flat, variance[n].new_ones(sites)).mul_(variance[n])
+            else:  # scaled after the fold
+                parts[n, 1].addr_(flat, variance[n].reciprocal())
         torch.mul(parts[:, 0], parts[:, 0], out=parts[:, 2])
         sums = F.fold(parts.view(count, -1, sites), strip.shape[-2:], b)
         if not times.dim():  # one level: scaled after the fold, on 3 channels instead of 3a
@@ -305,6 +318,8 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma,
         return torch.cat([mean, total[:, 1:2].clamp_min(0), (total[:, 2:] - mean**2).clamp_min(0)], 1)
 
     maps = () if t.dim() == 0 else (F.pad(t, (0, b - 1, 0, b - 1)),)
+    # a map's tables with their curvatures, for every tile, built before the workers share them
+    ladder = ladder_scores(model, t.to(device), curvatures=True) if maps and not exact else None
     with torch.no_grad():
         result = tiled(moments, batch, b - 1, tile, maps, device)
     return tuple(part.reshape(noisy.shape) for part in (batch + result[:, :1], result[:, 1:2], result[:, 2:]))

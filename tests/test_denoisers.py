@@ -222,8 +222,8 @@ def test_ebpa_posterior_variance_is_tweedies_second_order_pooled_over_patches():
     image = torch.rand(7, 6, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
     sigma = 0.1
     mean, own, pooled = _pooled_patch_posteriors(model, image, sigma)
-    levels = torch.full((1, 1, 5, 4), sigma, dtype=torch.float64)  # a map: the exact experts
-    estimate, own_part, spread_part = ebpa_posterior(model, image, levels, tile=0)
+    levels = torch.full((1, 1, 5, 4), sigma, dtype=torch.float64)  # a map, exact: the exact experts
+    estimate, own_part, spread_part = ebpa_posterior(model, image, levels, tile=0, exact=True)
     assert torch.allclose(estimate, mean, atol=1e-12) and torch.allclose(own_part, own, atol=1e-12)
     assert torch.allclose(own_part + spread_part, pooled, atol=1e-12)
     tabulated = sum(ebpa_posterior(model, image, sigma, tile=4)[1:])  # one sigma: tables, in tiles

@@ -25,6 +25,25 @@ def test_calibrated_std_is_the_stored_power_law_of_the_two_parts():
     assert torch.allclose(ebpa_std(model, image, sigma, tile=0)[1] ** 2, expected, rtol=1e-10)
 
 
+def test_posterior_of_a_noise_map_from_the_ladder_matches_the_exact_mixtures():
+    """A map's posterior (the estimate and both variance parts) read from the ladder's tables with their
+    curvatures: within 0.5 % of the exact mixtures' (the levels' interpolation in log sigma); one level through
+    the map path equals the one-level path."""
+    from gmdm_cli.checkpoint import load_model
+
+    model = load_model("7x7", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(42)
+    clean = torch.rand(1, 1, 40, 36, generator=generator, dtype=torch.float64)
+    sigma = torch.exp(torch.empty(1, 1, 34, 30, dtype=torch.float64).uniform_(-4, -1.5, generator=generator))
+    noisy = clean + torch.nn.functional.pad(sigma, (3, 3, 3, 3), mode="replicate") * torch.randn(
+        clean.shape, generator=generator, dtype=torch.float64)
+    for found, exact in zip(ebpa_posterior(model, noisy, sigma), ebpa_posterior(model, noisy, sigma, exact=True)):
+        assert (found - exact).abs().max() < 5e-3 * exact.abs().max()
+    flat = torch.full_like(sigma, 0.05)
+    for one, mapped in zip(ebpa_posterior(model, noisy, 0.05), ebpa_posterior(model, noisy, flat, exact=True)):
+        assert torch.allclose(one, mapped, rtol=0, atol=1e-5 * mapped.abs().max())
+
+
 def test_api_returns_the_std_for_gray_colour_maps_and_blind(camera):
     noisy = camera + 20 / 255 * np.random.default_rng(0).standard_normal(camera.shape)
     denoised, std = gmdm_cli.denoise(noisy, sigma=20 / 255, return_std=True)
