@@ -433,7 +433,9 @@ def ladder_table(model: GMDM, experts, levels: torch.Tensor, largest: torch.Tens
     """The :class:`LadderTable` of ``model``'s ``experts`` at ``levels`` whose grids reach responses up to
     ``largest`` ``(J,)``, kept per model (like :func:`expert_table`); when a response is beyond the kept one's
     reach, a new one reaches ``2^(n/4) gamma``, the first such length beyond it (at least ``2 gamma``, at most
-    where the tail takes over)."""
+    where the tail takes over), and at least ``2^(1/2)`` times the kept reach for every expert: the channels of a
+    colour image and the next images of a batch, whose largest responses differ a little, rebuild it rarely (a
+    build of all experts' table costs ~10 EB-PA passes)."""
     key = (tuple(experts), levels.cpu().numpy().tobytes(), *parameters_key(model))
     tables = _ladders.setdefault(model, OrderedDict())
     table = tables.get(key)
@@ -442,7 +444,7 @@ def ladder_table(model: GMDM, experts, levels: torch.Tensor, largest: torch.Tens
         gamma = float(model.gamma)
         reach = gamma * 2 ** (torch.ceil(4 * torch.log2((1.01 * largest / gamma).clamp_min(2))) / 4)
         if table is not None:
-            reach = torch.maximum(reach, table.reach)
+            reach = torch.maximum(reach, 2**0.5 * table.reach)
         table = tables[key] = LadderTable(model, experts, levels, reach)
         if len(tables) > 4:  # a few sets of experts (the quiet ones, all)
             tables.popitem(last=False)
