@@ -268,19 +268,19 @@ def estimate_blind(model, image, noise_model: str = "auto", constant: float | No
     else:
         constant = estimate_global_noise(model, tensor, sites=sites)[0] if constant is None else constant
         quietest = constant
-    floor, corrected = MAP_FLOOR * quietest, []
+    floor, corrected = MAP_FLOOR * quietest, None
 
-    def texture_corrected_levels() -> torch.Tensor:  # once, when needed
-        if not corrected:
-            corrected.append(texture_corrected(local, all_expert_levels(model, sites, local), floor))
-        return corrected[0]
+    def corrected_levels() -> torch.Tensor:  # computed once, when needed
+        nonlocal corrected
+        if corrected is None:
+            corrected = texture_corrected(local, all_expert_levels(model, sites, local), floor)
+        return corrected
 
     chosen = noise_model if noise_model != "auto" else choose(
-        gains, constant, typical, lambda: float(texture_corrected_levels()[valid].median()))
+        gains, constant, typical, lambda: float(corrected_levels()[valid].median()))
     if chosen == "constant":
         return NoiseEstimate(chosen, np.full(sites.shape, constant), constant, (a, b), curve, gains, typical)
-    corrected = texture_corrected_levels()
-    sigma_map = pixel_levels(model, sites, corrected)
+    sigma_map = pixel_levels(model, sites, corrected_levels())
     if chosen == "nlf":  # never above the texture-corrected local levels (texture only raises them), nor below their floor
         sigma_map = torch.minimum(nlf_levels(model, tensor, a, b), sigma_map).clamp_min(floor)
     return NoiseEstimate(chosen, sigma_map.double().cpu().numpy(), constant, (a, b), curve, gains, typical)

@@ -186,8 +186,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     if ladder is None and t.dim() > 0 and not exact:
         ladder = ladder_scores(model, t.to(device))
 
-    def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, ladder,
-                  block) -> tuple[int, torch.Tensor]:
+    def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, block) -> tuple[int, torch.Tensor]:
         first = block[0][0]
         summed = x.new_zeros(*x.shape[:-2], block[-1][1] - first + b - 1, x.shape[-1])
         for top, bottom, strip in block:
@@ -204,7 +203,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
         # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
         summed = torch.zeros_like(x)
-        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, ladder, block)):
+        for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, block)):
             summed[..., first:first + part.shape[-2], :] += part
         summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores

@@ -98,9 +98,7 @@ class ExpertTable:
         # exact values and derivatives on each expert's own grid (spacing <= exact_resolution * sigma_j) ...
         counts = torch.ceil(width / (exact_resolution * std)).long() + 1  # (J,)
         points = int(torch.ceil((width / (resolution * std)).max())) + 1
-        owner = torch.repeat_interleave(torch.arange(len(counts), device=std.device), counts)
-        offsets = torch.cumsum(counts, 0) - counts
-        index = torch.arange(int(counts.sum()), device=std.device) - offsets[owner]
+        owner, offsets, index = ragged_grid(counts)
         spacing = width / (counts - 1)
         energies, scores, curvatures, thirds = self._exact(self.low[owner] + spacing[owner] * index, owner,
                                                            derivatives=True, third=True)
@@ -127,8 +125,7 @@ class ExpertTable:
         position = (counts - 1)[:, None] / (points - 1) * torch.arange(points, dtype=torch.float64,
                                                                        device=counts.device)
         left = position.floor().long().minimum((counts - 2)[:, None])
-        s, left, h = position - left, left + offsets[:, None], spacing[:, None]
-        basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
+        basis, left = hermite_basis(position - left, spacing[:, None]), left + offsets[:, None]
 
         def hermite(values: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             table = sum(w * p for w, p in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
@@ -234,7 +231,7 @@ class LadderScores:
         self.levels = levels.to(device, torch.float64)  # (K,)
         self.log_weights = torch.log_softmax(model.logits.detach().double(), dim=1)
         self.means = model.means.double()
-        self.variances = model.sigma0**2 + model.filter_norms2().detach().double()[:, None] * self.levels**2  # (J, K)
+        self.variances = level_variances(model, self.levels)  # (J, K)
         deviations = self.variances.sqrt()
         reach = model.gamma + margin * deviations[:, -1]  # (J,)
         counts = grid_counts(reach, resolution * deviations[:, 0])
@@ -260,9 +257,7 @@ class LadderScores:
     def size_of(model: GMDM, levels: torch.Tensor, resolution: float = SCORE_RESOLUTION,
                 margin: float = 10.0) -> int:
         """The number of values a table of ``levels`` holds per quantity (before building it)."""
-        levels = levels.to(model.logits.device, torch.float64)
-        norms2 = model.filter_norms2().detach().double()
-        deviations = (model.sigma0**2 + norms2[:, None] * levels[[0, -1]] ** 2).sqrt()
+        deviations = level_variances(model, levels[[0, -1]]).sqrt()
         counts = grid_counts(model.gamma + margin * deviations[:, 1], resolution * deviations[:, 0])
         return int(counts.sum()) * len(levels)
 
@@ -300,6 +295,19 @@ class LadderScores:
         return tuple(results) if curvatures else results[0]
 
 
+def level_variances(model: GMDM, levels: torch.Tensor) -> torch.Tensor:
+    """``sigma_j^2(t_k) = sigma_0^2 + sigma_k^2 ||k_j||^2`` (Theorem 2, ``2 t_k = sigma_k^2``) of every expert at
+    ``levels`` ``(K,)``: ``(J, K)``, float64, on the model's device."""
+    levels = levels.to(model.logits.device, torch.float64)
+    return model.sigma0**2 + model.filter_norms2().detach().double()[:, None] * levels**2
+
+
+def hermite_basis(s: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The cubic Hermite weights of the value and slope at a cell's left end, then at its right end, at the fraction
+    ``s`` of the way across a cell ``h`` wide."""
+    return (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
+
+
 def grid_counts(reach: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
     """Points of uniform grids over ``[-reach_j, reach_j]`` with spacing at most ``spacing_j`` ``(J,)`` (at least 2)."""
     return torch.ceil(2 * reach / spacing).long().clamp_min(1) + 1
@@ -331,8 +339,7 @@ def resampled_exact(log_weights: torch.Tensor, means: torch.Tensor, experts: tor
     owner, _, index = ragged_grid(counts)
     position = index / (counts - 1)[owner] * (coarse - 1)[owner]
     left = position.floor().long().minimum((coarse - 2)[owner])
-    s, h, left = position - left, step[owner], left + coarse_offsets[owner]
-    basis = (2 * s**3 - 3 * s**2 + 1, (s**3 - 2 * s**2 + s) * h, 3 * s**2 - 2 * s**3, (s**3 - s**2) * h)
+    basis, left = hermite_basis(position - left, step[owner]), left + coarse_offsets[owner]
 
     def hermite(values: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
         return sum(w * v for w, v in zip(basis, (values[left], slopes[left], values[left + 1], slopes[left + 1])))
@@ -367,9 +374,7 @@ class LadderTable:
         device, dtype = model.logits.device, model.logits.dtype
         self.experts, self.gamma = list(experts), float(model.gamma)
         index = torch.as_tensor(self.experts, device=device)
-        levels = levels.to(device, torch.float64)
-        norms2 = model.filter_norms2().detach().double()[index]  # (J,)
-        self.variances = model.sigma0**2 + norms2[:, None] * levels[None] ** 2  # (J, K): 2 t = sigma^2
+        self.variances = level_variances(model, levels)[index]  # (J, K)
         self.cap = self.gamma + 10 * self.variances[:, -1].sqrt()  # (J,): the tail beyond is one component's
         self.reach = torch.minimum(reach.to(device, torch.float64), self.cap)
         deviations = self.variances.sqrt()
