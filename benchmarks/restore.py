@@ -130,6 +130,21 @@ def evaluate(model, task: str, cleans, schedule: Schedule | None, seed: int, wit
     return {name: tuple(np.mean(values, 0)) for name, values in totals.items()}
 
 
+def tune_weighting(model, cleans, seed: int, tasks, powers) -> list[str]:
+    """The tuning table of the prior step's precision weighting: each task's default schedule with every power."""
+    from dataclasses import replace
+
+    lines = ["### precision weighting of the prior step (each task's default schedule)", "",
+             "| task | power q | PSNR | s |", "|---|---|---|---|"]
+    for task in tasks:
+        for power in powers:
+            schedule = replace(SCHEDULES[task], weighting=power)
+            value, seconds = evaluate(model, task, cleans, schedule, seed, with_baselines=False)["gmdm"]
+            lines.append(f"| {task} | {power:g} | {value:.2f} | {seconds:.2f} |")
+            print(lines[-1], flush=True)
+    return lines + [""]
+
+
 def tune(model, cleans, seed: int, tasks) -> list[str]:
     """The tuning tables: gmdm's schedules per task, and the baselines' parameters for deblurring."""
     from skimage import restoration
@@ -144,7 +159,7 @@ def tune(model, cleans, seed: int, tasks) -> list[str]:
         lines += [f"### {task}", "", "| iterations | start (0-255) | weight | solver | PSNR | s |", "|---|---|---|---|---|---|"]
         default = SCHEDULES[task]
         for iterations, start, weight, solver in grid:
-            schedule = Schedule(iterations, start, default.end, weight, solver)
+            schedule = Schedule(iterations, start, default.end, weight, solver, default.weighting)
             value, seconds = evaluate(model, task, cleans, schedule, seed, with_baselines=False)["gmdm"]
             lines.append(f"| {iterations} | {255 * start:g} | {weight:g} | {solver} | {value:.2f} | {seconds:.2f} |")
             print(lines[-1], flush=True)
@@ -175,6 +190,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--weightings", help="with --tune: only the prior step's precision weighting, these powers")
     parser.add_argument("--variants", action="store_true", help="the neighbours of VARIANTS instead of --tasks")
     parser.add_argument("--markdown", help="also write the tables here")
     args = parser.parse_args()
@@ -183,7 +199,10 @@ def main() -> int:
     cleans = images(args)
     head = (f"# Restoration on {len(cleans)} images of {args.data}{f' ({args.crop} crops)' if args.crop else ''}, "
             f"{args.model} model, {args.threads} threads")
-    if args.tune:
+    if args.tune and args.weightings:
+        powers = [float(power) for power in args.weightings.split(",")]
+        lines = [head + ": tuning", ""] + tune_weighting(model, cleans, args.seed, args.tasks.split(","), powers)
+    elif args.tune:
         lines = [head + ": tuning", ""] + tune(model, cleans, args.seed, args.tasks.split(","))
     else:
         lines = [head, "", "| task | method | PSNR dB | gmdm - it | s per image |", "|---|---|---|---|---|"]

@@ -166,8 +166,21 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, l
     return tuple(term.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1) for term in terms)
 
 
+def precision_weights(model: PatchGMDM, curvatures: torch.Tensor, t: torch.Tensor, power: float) -> torch.Tensor:
+    """Every patch's weight ``(tr Cov_i / sigma^2)^-power`` ``(N, 1, h, w)`` from its experts' curvatures
+    ``h_ij = d^2/dz^2 log psi_j`` ``(N, J, h, w)`` at one time ``t``: Tweedie's second-order identity gives the
+    patch's posterior covariance ``Cov_i = sigma^2 (I + sigma^2 sum_j k_j k_j^T h_ij)``, ``sigma^2 = 2t``, whose
+    trace over the ``a = b^2`` pixels is ``sigma^2 (a + sigma^2 sum_j ||k_j||^2 h_ij)`` (Corollary 2.1: the responses
+    are independent 1-D mixtures). The flat (DC) direction keeps the variance ``sigma^2``, so the trace is at
+    least ``sigma^2`` and the weights at most 1 (no overflow at any power; rounding below 1 counts as 1)."""
+    norms2 = model.filter_norms2().detach().view(1, -1, 1, 1)
+    traces = (curvatures * norms2).sum(1, keepdim=True).mul_(2 * t).add_(model.patch_size**2)
+    return traces.clamp_min_(1).pow_(-power)
+
+
 def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = False,
-                    tile: int | None = None, ladder: list[LadderScores] | None = None) -> torch.Tensor:
+                    tile: int | None = None, ladder: list[LadderScores] | None = None,
+                    weighting: float = 0.0) -> torch.Tensor:
     """The patch-averaged Tweedie correction ``(1/C) sum_i P_i^T 2t_i grad log f(P_i x, t_i)`` (Eq. 3 on
     every overlapping patch, stride 1, averaged at each pixel), ``(N, 1, H, W) -> (N, 1, H, W)``.
 
@@ -178,34 +191,56 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     sums of strips of rows are added up in place, blocks of strips on the CPU's threads
     (:func:`~gmdm_cli.tiling.map_strip_blocks`); the result does not depend on it beyond rounding. Per-patch times
     are read from ``ladder`` (:func:`ladder_scores` of times that include these; default: of these).
+
+    ``weighting`` ``q > 0`` (one ``t`` only): the patch estimates are averaged with the weights
+    ``(tr Cov_i / sigma^2)^-q`` of :func:`precision_weights` instead of equally, ``sum_i w_i P_i^T 2t grad log
+    f(P_i x, t) / sum_i w_i P_i^T 1``: patches whose posterior is sharp count more (BM3D's aggregation weights
+    from the model's own posterior; ``benchmarks/results/aggregation.md``). The restoration's prior step uses it
+    (:data:`~gmdm_cli.restoration.SCHEDULES`).
     """
     b, device = model.patch_size, model.filters.device
     t = torch.as_tensor(t, dtype=images.dtype, device=images.device)
+    if weighting and t.dim() > 0:
+        raise ValueError("precision weighting takes one time t, not one per patch")
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
     # a map's tables, for every tile, built before the workers share them
     if ladder is None and t.dim() > 0 and not exact:
         ladder = ladder_scores(model, t.to(device))
 
     def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, block) -> tuple[int, torch.Tensor]:
+        """The patch sums of a block of strips ``(N, 1, rows, W)``; weighted: ``(N, 2, rows, W)``, those of the
+        weighted scores and of the weights."""
         first = block[0][0]
-        summed = x.new_zeros(*x.shape[:-2], block[-1][1] - first + b - 1, x.shape[-1])
+        summed = x.new_zeros(x.shape[0], 2 if weighting else 1, block[-1][1] - first + b - 1, x.shape[-1])
         for top, bottom, strip in block:
-            if times.dim() == 0:
+            rows = slice(top - first, bottom - first + b - 1)
+            if weighting:
+                z = image_responses(model, strip)
+                scores, curvatures = (table.score_and_curvature(z) if table is not None else
+                                      (expert_score(model, z, times), expert_curvature(model, z, times)))
+                weights = precision_weights(model, curvatures, times, weighting)
+                scores = scores.mul_(weights)
+                # sum_i w_i P_i^T 1: every pixel's b x b window of weights (a pooling; 8x faster than a 1-channel
+                # conv_transpose2d, and summed directly: running sums would cancel weights ~1e-10 of their neighbours')
+                summed[:, 1:, rows] += F.avg_pool2d(F.pad(weights, (b - 1,) * 4), b, stride=1).mul_(b * b)
+            elif times.dim() == 0:
                 scores = _patch_scores(model, strip, times, table)
             else:
                 strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
                 scores = (_patch_scores(model, strip, strip_times, None).mul_(2 * strip_times) if exact
                           else ladder_corrections(model, strip, strip_times, ladder)[0])
-            summed[..., top - first:bottom - first + b - 1, :] += patch_sum(model, scores)
+            summed[:, :1, rows] += patch_sum(model, scores)
         return first, summed
 
     def correction(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         # tabulated experts for one t unless exact (built here, before the workers share them)
         table = None if exact or times.dim() > 0 else expert_table(model, float(times))
-        summed = torch.zeros_like(x)
+        if weighting and table is not None:  # tabulate the curvatures now, before the worker threads share the table
+            table.curvature_table()
+        summed = x.new_zeros(x.shape[0], 2 if weighting else 1, *x.shape[-2:])
         for first, part in map_strip_blocks(model, x, lambda block: block_sum(x, times, table, block)):
             summed[..., first:first + part.shape[-2], :] += part
-        summed.div_(patch_counts(model, summed))
+        summed = summed[:, :1] / summed[:, 1:] if weighting else summed.div_(patch_counts(model, summed))
         # one t: scale the (J times smaller) average instead of the scores
         return summed.mul_(2 * times) if times.dim() == 0 else summed
 

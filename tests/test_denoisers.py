@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model
-from gmdm_cli.denoisers import denoise_array, ebpa, hqs
-from gmdm_cli.model import patch_tweedie
+from gmdm_cli.denoisers import denoise_array, ebpa, hqs, tweedie_average
+from gmdm_cli.model import expert_log_density, patch_tweedie
 
 
 def _explicit_ebpa(model, image, sigma):
@@ -26,6 +26,40 @@ def test_ebpa_conv_equals_explicit_patch_averaging():
     for sigma in (0.02, 0.1):
         with torch.no_grad():
             assert torch.allclose(ebpa(model, image, sigma, exact=True), _explicit_ebpa(model, image, sigma), atol=1e-12)
+
+
+def test_precision_weighted_averaging_weighs_each_patch_by_its_posterior_covariance_from_the_hessian():
+    """Each patch's Tweedie estimate weighted by (tr Cov_i / sigma^2)^-q, Cov_i = sigma^2 (I + sigma^2 H_i), H_i
+    the Hessian of the patch's log-density at t (by autograd, not the experts' curvatures): the same average from
+    the exact mixtures, from the tables (to their interpolation error) and in tiles; q -> 0 is EB-PA."""
+    model = random_model(patch_size=3, num_components=21, seed=21)
+    image = torch.rand(13, 10, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    sigma, power = 0.1, 3.0
+    t, b = sigma**2 / 2, model.patch_size
+    patches = F.unfold(image[None, None], b)[0].T
+    with torch.no_grad():
+        estimates = patch_tweedie(model, patches, t)
+
+    def log_density(patch):
+        return expert_log_density(model, (patch @ model.filters.T)[None], t).sum()
+
+    traces = torch.stack([torch.trace(sigma**2 * (torch.eye(b * b, dtype=torch.float64)
+                                                   + sigma**2 * torch.autograd.functional.hessian(log_density, p)))
+                          for p in patches])
+    weights = ((traces / sigma**2) ** -power)[:, None].expand_as(estimates)
+    explicit = (F.fold((estimates * weights).T[None], image.shape, b) / F.fold(weights.T[None], image.shape, b))[0, 0]
+    assert float(weights.max() / weights.min()) > 1.5  # the weights differ from patch to patch
+    with torch.no_grad():
+        batch = image[None, None]
+        weighted = batch + tweedie_average(model, batch, t, exact=True, weighting=power)
+        assert torch.allclose(weighted[0, 0], explicit, atol=1e-10)
+        assert not torch.allclose(weighted, ebpa(model, batch, sigma, exact=True), atol=1e-4)
+        tabulated = batch + tweedie_average(model, batch, t, weighting=power)
+        assert torch.allclose(tabulated[0, 0], explicit, atol=2e-4 * sigma)
+        tiled = batch + tweedie_average(model, batch, t, tile=6, weighting=power)
+        assert torch.allclose(tiled, tabulated, atol=1e-12)
+        plain = batch + tweedie_average(model, batch, t, exact=True, weighting=1e-12)
+        assert torch.allclose(plain, ebpa(model, batch, sigma, exact=True), atol=1e-10)
 
 
 def test_ebpa_preserves_the_mean_of_a_single_patch_image():

@@ -239,3 +239,29 @@ def test_upscaling_other_factors_and_downsamplers_in_float32(camera, factor, dow
     upscaled = gmdm_cli.restore(small, scale=factor, downsampler=downsampler)
     assert np.allclose(rows @ upscaled @ rows.T, small, atol=1e-4)  # consistent with the input
     assert psnr(upscaled, clean) > psnr(transform.resize(small, clean.shape, order=3), clean)
+
+
+@pytest.mark.parametrize("task", ["blur", "scale"])
+def test_the_prior_steps_precision_weighting_beats_the_plain_average(camera, task):
+    """The default schedules weigh each patch's estimate by its posterior precision (power 8 for a blur and a
+    downsampler, tuned on BSDS400): on the camera crop it beats EB-PA's plain average of the same schedule
+    (BSD68: +0.18 dB for the blur, +0.15 dB for upscaling)."""
+    from dataclasses import replace
+
+    from scipy.ndimage import convolve
+
+    from gmdm_cli.restoration import SCHEDULES, restore_array
+
+    schedule = SCHEDULES[task]
+    assert schedule.weighting > 0
+    if task == "blur":
+        kernel = gaussian_kernel(1.6)
+        observed = convolve(camera, kernel, mode="reflect") + 2 / 255 * np.random.default_rng(7).standard_normal(
+            camera.shape)
+        forward = {"kernel": kernel, "sigma": 2 / 255}
+    else:
+        observed, forward = camera.reshape(48, 2, 48, 2).mean((1, 3)), {"scale": 2}
+    model = gmdm_cli.load_model("7x7")
+    weighted = psnr(restore_array(model, observed, schedule=schedule, **forward), camera)
+    plain = psnr(restore_array(model, observed, schedule=replace(schedule, weighting=0.0), **forward), camera)
+    assert weighted > plain + {"blur": 0.1, "scale": 0.02}[task], (weighted, plain)  # measured +0.32 / +0.06
