@@ -301,7 +301,7 @@ SCHEDULES = {"blur": Schedule(16, 0.1, 1 / 255, 2.0, "admm", 8.0),
              "scale": Schedule(24, 0.05, 0.5 / 255, 1.0, "hqs", 8.0)}
 """The default schedule of each forward model, tuned on BSDS400 (``benchmarks/restore.py --tune``; the precision
 weighting with ``--tune --weightings``, on the schedules tuned before it: PSNR rises with the power up to 8 for
-a blur and a downsampler, +0.18 and +0.12 dB over the plain average, and falls beyond 10; a mask gains +0.04 at
+a blur and a downsampler, +0.18 and +0.12 dB over the plain average, and falls from 10 on; a mask gains +0.04 at
 2 and loses from 4, its known pixels exact, which the isotropic posterior the weights come from does not know;
 ``benchmarks/results/restore-tuning.md``)."""
 
