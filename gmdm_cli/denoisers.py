@@ -63,6 +63,16 @@ def _patch_scores(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, table:
     return table.score(image_responses(model, batch))
 
 
+def _patch_scores_and_curvatures(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor,
+                                 table: ExpertTable | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_patch_scores` and the experts' curvatures ``d^2/dz^2 log psi_j`` of every patch, the responses
+    computed once (and with ``table`` read at one position)."""
+    z = image_responses(model, batch)
+    if table is None:
+        return expert_score(model, z, t), expert_curvature(model, z, t)
+    return table.score_and_curvature(z)
+
+
 LADDER_LEVELS = torch.logspace(-3, 0, 97, dtype=torch.float64)  # sigma: 0.001 to 1, 7.5 % apart
 
 
@@ -215,9 +225,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
         for top, bottom, strip in block:
             rows = slice(top - first, bottom - first + b - 1)
             if weighting:
-                z = image_responses(model, strip)
-                scores, curvatures = (table.score_and_curvature(z) if table is not None else
-                                      (expert_score(model, z, times), expert_curvature(model, z, times)))
+                scores, curvatures = _patch_scores_and_curvatures(model, strip, times, table)
                 weights = precision_weights(model, curvatures, times, weighting)
                 scores = scores.mul_(weights)
                 # sum_i w_i P_i^T 1: every pixel's b x b window of weights (a pooling; 8x faster than a 1-channel
@@ -304,11 +312,10 @@ def ebpa_posterior(model: PatchGMDM, noisy: torch.Tensor, sigma, tile: int | Non
         """``sum_i P_i^T`` of the corrections, of the own variances and of the squared corrections of the patches
         of one strip of rows, ``(N, 3, rows + b - 1, W)``: one fold (col2im) of the three per-position maps."""
         if table is not None:  # one level: scaled after the fold
-            z = image_responses(model, strip)
-            scores, curvatures = table.score_and_curvature(z)
+            scores, curvatures = _patch_scores_and_curvatures(model, strip, times, table)
         elif exact:  # per patch: sigma_i^2 s_ij and sigma_i^2 h_ij
-            z = image_responses(model, strip)
-            scores, curvatures = (value(model, z, times) * (2 * times) for value in (expert_score, expert_curvature))
+            scores, curvatures = (value * (2 * times) for value in
+                                  _patch_scores_and_curvatures(model, strip, times, None))
         else:
             scores, curvatures = ladder_corrections(model, strip, times, ladder, curvatures=True)
         count, sites = scores.shape[0], scores.shape[2] * scores.shape[3]
