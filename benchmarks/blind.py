@@ -33,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import gmdm_cli
 from gmdm_cli.blind import estimate_blind
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import denoise_array, psnr
 from gmdm_cli.image_io import read_image
 from gmdm_cli.noise import estimate_noise
+from gmdm_cli.sure import sure_levels
 from gmdm_cli.training import find_images, spread
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsd68"
@@ -76,17 +78,20 @@ def measure(model, clean: np.ndarray, kind: str, seed: int, method: str, forced:
     noisy = clean + truth * rng.standard_normal(clean.shape)
     rms = float(np.sqrt(np.mean(truth**2)))
     started = time.perf_counter()
-    estimate = estimate_blind(model, noisy)
-    blind = denoise_array(model, noisy, estimate.sigma_map, method)
+    done = gmdm_cli.denoise(noisy, method=method, model=model, blind=True, return_noise=True)
     blind_seconds = time.perf_counter() - started
+    estimate, blind = done.estimates[0], done.image
     started = time.perf_counter()
     at_rms = denoise_array(model, noisy, rms, method)
     sigma_seconds = time.perf_counter() - started
     record = {"kind": kind, "rms": psnr(at_rms, clean), "blind": psnr(blind, clean),
               "oracle": psnr(denoise_array(model, noisy, truth, method), clean), "chosen": estimate.model,
+              "sure_level": float(done.levels) if done.levels is not None and np.ndim(done.levels) == 0 else None,
               "map_rmse": 255 * float(np.sqrt(np.mean((estimate.sigma_map - truth) ** 2))),
               "gains": estimate.gains, "sigma": estimate.sigma, "nlf": estimate.nlf, "typical": estimate.typical,
               "seconds": {"blind": blind_seconds, "sigma": sigma_seconds}}
+    if method == "ebpa":  # what a user who knows the RMS sigma gets with --sure
+        record["rms_sure"] = psnr(denoise_array(model, noisy, sure_levels(model, noisy, rms), method), clean)
     if forced:  # what every model gives, for tuning the choice
         for name in ("constant", "nlf", "map"):
             levels = estimate.sigma_map if name == estimate.model else estimate_blind(model, noisy, name,
@@ -97,8 +102,10 @@ def measure(model, clean: np.ndarray, kind: str, seed: int, method: str, forced:
 
 
 def table(records: list[dict], method: str) -> list[str]:
+    with_sure = all("rms_sure" in r for r in records)
     lines = [f"| noise ({method}) | RMS sigma | blind | true map | blind - RMS | oracle - RMS | share | map RMSE "
-             "| chosen |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| chosen |{' RMS sigma, --sure |' if with_sure else ''}",
+             f"|---|---|---|---|---|---|---|---|---|{'---|' if with_sure else ''}"]
     by_kind = defaultdict(list)
     for record in records:
         by_kind[record["kind"]].append(record)
@@ -113,7 +120,7 @@ def table(records: list[dict], method: str) -> list[str]:
         chosen = ", ".join(f"{name} {count}" for name, count in Counter(r["chosen"] for r in group).most_common())
         lines.append(f"| {kind} | {mean['rms']:.2f} | {mean['blind']:.2f} | {mean['oracle']:.2f} | {gain:+.2f} | "
                      f"{margin:+.2f} | {'' if np.isnan(share) else f'{100 * share:.0f} %'} | {mean['map_rmse']:.2f} "
-                     f"| {chosen} |")
+                     f"| {chosen} |" + (f" {np.mean([r['rms_sure'] for r in group]):.2f} |" if with_sure else ""))
     lines.append("")
     if margins:
         lines.append(f"Over the {len(margins)} non-constant kinds blind gains {np.mean(gains):+.3f} dB over the RMS sigma on "

@@ -22,6 +22,7 @@ import torch
 from gmdm_cli.checkpoint import load_model
 from gmdm_cli.denoisers import BOUNDARIES, METHODS, denoise_array, psnr
 from gmdm_cli.image_io import read_image
+from gmdm_cli.sure import sure_levels
 from gmdm_cli.training import find_images
 
 # Table 1 of Zach et al. (2023): PSNR in dB on BSD68.
@@ -35,14 +36,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def evaluate(model, method: str, images: list[np.ndarray], sigma: float, seed: int,
-             boundary: str = "valid") -> tuple[float, float]:
-    """Mean PSNR of the noisy images and of their estimates at ``sigma`` (0-255 scale)."""
+             boundary: str = "valid", sure: bool = False) -> tuple[float, float]:
+    """Mean PSNR of the noisy images and of their estimates at ``sigma`` (0-255 scale; with ``sure``, EB-PA at
+    each image's level of least SURE, :func:`gmdm_cli.sure.sure_levels`)."""
     noisy_psnr, denoised_psnr = [], []
     for index, clean in enumerate(images):
         rng = np.random.default_rng(seed + index)
         noisy = clean + sigma / 255 * rng.standard_normal(clean.shape)
         noisy_psnr.append(psnr(noisy, clean))
-        denoised_psnr.append(psnr(denoise_array(model, noisy, sigma / 255, method, boundary), clean))
+        level = sure_levels(model, noisy, sigma / 255, method) if sure else sigma / 255
+        denoised_psnr.append(psnr(denoise_array(model, noisy, level, method, boundary), clean))
     return float(np.mean(noisy_psnr)), float(np.mean(denoised_psnr))
 
 
@@ -57,6 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--sure", action="store_true", help="EB-PA at each image's level of least SURE (--sure)")
     parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
     rows = []
     started = time.perf_counter()
     for sigma in sigmas:
-        noisy, denoised = evaluate(model, args.method, images, sigma, args.seed, args.boundary)
+        noisy, denoised = evaluate(model, args.method, images, sigma, args.seed, args.boundary, args.sure)
         reference = paper.get(int(sigma)) if sigma == int(sigma) else None
         rows.append((sigma, noisy, denoised, reference))
         print(f"sigma {sigma:g}: noisy {noisy:.2f} dB, {args.method} {denoised:.2f} dB"
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
 
     lines = [
-        f"{args.method.upper()} {kind} ({args.boundary} boundary) on {args.data.name} "
+        f"{args.method.upper()}{' + SURE level' if args.sure else ''} {kind} ({args.boundary} boundary) on {args.data.name} "
         f"({len(images)} images), model {args.model} ({metadata.get('steps', '?')} training steps"
         + (f" from {metadata['initialised_from']}" if "initialised_from" in metadata else "") + ")",
         "",

@@ -472,6 +472,10 @@ def _image_outputs(function):
 @_seed_option("Seed of --samples (sample K of a gray image from seed + K - 1).")
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
               help="ebpa: empirical-Bayes patch averaging; hqs: half-quadratic splitting (slower, better).")
+@click.option("--sure/--no-sure", default=None,
+              help="EB-PA with a patch model, R, G, B: denoise each channel that has one noise level at the level "
+                   "of least Stein's unbiased risk estimate (the prior fits some images better than others; "
+                   "+0.06 to +0.25 dB on average). [default: with --blind]")
 @click.option("--iterations", type=click.IntRange(1, 100),
               help="HQS steps over the model's range of t (patch models: sigma^2/8 down to sigma^2/256; conv: "
                    "0.35 sigma^2 down to sigma^2/128) [default: the best on training images, 6; conv: 4].")
@@ -490,8 +494,8 @@ def _image_outputs(function):
 @_quiet
 @_overwrite_option
 def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model, sigma_map, uncertainty_path,
-            noise_map_path, samples, seed, method, iterations, boundary, colour, model_name, device, tile, max_pixels,
-            as_json, quiet, overwrite):
+            noise_map_path, samples, seed, method, sure, iterations, boundary, colour, model_name, device, tile,
+            max_pixels, as_json, quiet, overwrite):
     """Denoise INPUTS (PNG, TIFF, JPEG, BMP or .npy; '-' reads standard input) corrupted by Gaussian noise.
 
     Give the noise level with --sigma, a per-pixel map with --sigma-map, or let --blind estimate it.
@@ -504,6 +508,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     side = {"--noise-map": noise_map_path, "--uncertainty": uncertainty_path}
     targets = _denoise_targets(inputs, output, output_dir, output_format, sigma, blind, sigma_map, side,
                                method, iterations, noise_model, as_json)
+    if sure and (method != "ebpa" or colour != "rgb"):
+        raise click.UsageError("--sure goes with --method ebpa and --colour rgb")
     drawn = _sample_targets(targets[0], samples, output_dir, len(inputs))
     level = _read_sigma_map(sigma_map, max_pixels) if sigma_map is not None else None if blind else sigma / 255
     read = [*inputs, sigma_map, _model_file(model_name)]  # everything this command reads: never written
@@ -521,7 +527,7 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         check_output_format(f"<stdout>{extension}" if to_stdout else target, channel_count(image))
         fields = {}
         done = gmdm_cli.denoise(image, level, method, model, blind, boundary, colour, tile, iterations, noise_model,
-                                return_noise=True, return_std=uncertainty_path is not None)
+                                return_noise=True, return_std=uncertainty_path is not None, sure=sure)
         if noise_map_path is not None:
             _write_levels_noted(noise_map_path, 255 * done.sigma, overwrite)
         if uncertainty_path is not None:
@@ -542,6 +548,10 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
             write_image(target, done.image, dtype=info.dtype, overwrite=overwrite)
         seconds = time.perf_counter() - started
         how, noise = _noise_used(sigma, None if sigma is not None else done.sigma, done.estimates)
+        if done.levels is not None:
+            chosen = _sure_levels_record(done.levels)
+            shown_levels = "/".join("map" if value is None else f"{value:.2f}" for value in chosen)
+            how, noise["sure_level"] = f"{how}, SURE level {shown_levels}", chosen[0] if len(chosen) == 1 else chosen
         fields.update(noise)
         return ({"output": str(target), "method": method, "model": model_name, "seconds": round(seconds, 3), **fields},
                 f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")
@@ -1118,6 +1128,16 @@ def _noise_fields(model, images, sigmas, seed: int, estimators, data: str,
     lines += [f"{true:5g}  " + "  ".join(f"{255 * curve['raw'][row]:12.2f}" for curve in calibration.values())
               for row, true in enumerate(sigmas)]
     return {"noise_calibration": curves}, lines
+
+
+def _sure_levels_record(levels) -> list:
+    """The level (0-255) that SURE chose for each channel of a gray or colour image, None for one with a map."""
+    import numpy as np
+
+    values = np.asarray(levels)
+    channels = [values] if values.ndim < 3 else [values[..., k] for k in range(values.shape[-1])]
+    return [round(255 * float(channel.flat[0]), 3) if bool((channel == channel.flat[0]).all()) else None
+            for channel in channels]
 
 
 def _noise_used(sigma, levels, estimates) -> tuple[str, dict]:

@@ -530,7 +530,8 @@ def denoise_array(model: GMDM, image, sigma, method: str = "ebpa", boundary: str
 def channel_inputs(model: GMDM, image, sigma, colour: str):
     """What the gray prior works on for a numpy image on the [0, 1] scale with noise levels ``sigma`` (a number or a
     map, as :func:`denoise_array` takes them): its channels as tensors ``(H, W)`` in ``model``'s dtype (gray: one;
-    colour: those of ``colour``), the noise level of each (a number or a map tensor ``(H, W)``), whether it is gray,
+    colour: those of ``colour``), the noise level of each (a number, also for a map that holds one level, or a map
+    tensor ``(H, W)``), whether it is gray,
     and its alpha channel (or None)."""
     import numpy as np
 
@@ -544,13 +545,17 @@ def channel_inputs(model: GMDM, image, sigma, colour: str):
     gray = image.ndim == 2
     channels = image[..., None] if gray else to_channels(image, colour)
     gains = np.ones(1) if gray else noise_gains(colour)
-    if np.ndim(sigma) == 2 and np.shape(sigma) == image.shape[:2] and np.all(sigma == np.asarray(sigma).flat[0]):
-        sigma = float(np.asarray(sigma).flat[0])  # a constant map is one level (one table, not a ladder)
-    maps = None if np.ndim(sigma) == 0 else _channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
+    maps = None if np.ndim(sigma) == 0 else channel_maps(np.asarray(sigma, dtype=np.float64), image, colour)
     dtype = model.logits.dtype
-    levels = [float(sigma) * gains[k] if maps is None else torch.as_tensor(maps[..., k], dtype=dtype)
+    levels = [float(sigma) * gains[k] if maps is None else _channel_level(maps[..., k], dtype)
               for k in range(len(gains))]
     return [torch.as_tensor(channels[..., k], dtype=dtype) for k in range(len(gains))], levels, gray, alpha
+
+
+def _channel_level(levels, dtype):
+    """A channel's map ``(H, W)`` as a tensor, or as one number when it holds one level (one table, not a ladder)."""
+    first = float(levels.flat[0])
+    return first if (levels == first).all() else torch.as_tensor(levels, dtype=dtype)
 
 
 def _assembled(parts, gray: bool, colour: str, alpha, return_std: bool):
@@ -571,7 +576,7 @@ def _assembled(parts, gray: bool, colour: str, alpha, return_std: bool):
     return join_alpha(output, alpha), stds[..., 0] if gray else np.sqrt(from_channel_variances(stds**2, colour))
 
 
-def _channel_maps(sigma, image, colour: str):
+def channel_maps(sigma, image, colour: str):
     """Per-pixel noise levels ``(H, W, C)`` of the channels that :func:`denoise_array` denoises, from a map
     ``(H, W)`` (the same level in every RGB channel) or, for a colour image, ``(H, W, 3)`` (one per RGB channel)."""
     import numpy as np

@@ -112,14 +112,6 @@ def test_texture_correction_takes_out_what_texture_adds_to_the_local_levels(mode
     assert bool((floored >= 0.9 * sigma - 1e-9).all())
 
 
-def test_blind_denoising_of_constant_noise_is_denoising_at_the_estimated_sigma(model, camera):
-    noisy = _noisy(camera, 0.1, 3)
-    blind = gmdm_cli.denoise(noisy, blind=True, model=model)
-    sigma = gmdm_cli.estimate_noise(noisy, model=model)
-    assert gmdm_cli.estimate_noise_model(noisy, model=model)[0].model == "constant"
-    assert np.array_equal(blind, gmdm_cli.denoise(noisy, sigma=sigma, model=model))
-
-
 def test_clipped_pixels_are_those_at_a_saturated_end():
     image = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.0, 0.7]])
     assert clipped_pixels(image).tolist() == [[True, False, True], [False, True, False]]
