@@ -9,17 +9,21 @@ no clean image:
 
 and the divergence is exact here: the Jacobian of a patch's correction is ``lam^2 sum_j k_j k_j^T h_ij`` (Tweedie's
 second-order identity, the experts' curvatures ``h_ij`` of Corollary 2.1), so ``div D = N + lam^2 sum_p (1/C_p)
-sum_{i covering p} sum_j k_j[p - i]^2 h_ij``: a transposed convolution of the curvatures with the squared filters.
+sum_{i covering p} sum_j k_j[p - i]^2 h_ij = N + lam^2 sum_i sum_j h_ij w_ij``, the weights ``w`` the squared
+filters correlated with ``1 / C``.
 
-The level that gives the least SURE is not always ``sigma``: the prior fits some images better than others, and
-on BSDS400 training images at sigma 5-50 the best level of an image lies 0.8-1.25 times sigma (a smooth image
-wants more, a textured one less), worth +0.07 to +0.11 dB on average over denoising at sigma, which SURE finds
-(``benchmarks/blind.py``; at the true sigma it picks the best level of a 0.8-1.25 grid on all of 12 images at
-sigma 5). Blind denoising uses it (:func:`gmdm_cli.denoise` ``sure``): with an estimated ``sigma`` the level still
-follows the data, so the estimate's error costs less. The risk is measured on :data:`SURE_CROPS` crops spread
-over the image (a fraction of the cost of a pass), at the levels of the fixed ladder
-(:data:`~gmdm_cli.denoisers.LADDER_LEVELS`, whose tables are kept between images) around ``sigma``, and the
-minimum is refined by a parabola in ``log lam``.
+The level of least SURE is not always ``sigma``: the prior fits some images better than others, and the level
+that denoises an image best lies 0.75-1.5 times sigma (a textured image wants less, a smooth one more). SURE
+finds it: at the true sigma it picked the best level of a 0.8-1.25 grid on all of 12 BSDS400 training images at
+sigma 5, and on BSD68 EB-PA 7x7 at SURE's level gains +0.20 / +0.23 / +0.20 dB over EB-PA at sigma = 15 / 25 /
+50 (``benchmarks/table1.py --sure``, ``benchmarks/results/ebpa-7x7-sure.md``). Blind denoising uses it where one
+level is chosen (:func:`gmdm_cli.denoise` ``sure``): with an estimated ``sigma`` the level still follows the
+image, so the estimate's error costs little (``benchmarks/results/blind.md``). SURE trusts the noise level it is
+given: one level's SURE on noise that varies loses up to 1.2 dB. The risk is measured on :func:`crops` (one
+32 x 32 crop per 16 crops' area, spread over the image: at 481 x 321, 9 crops, about 0.3 EB-PA passes; on 24
+BSDS400 images with the blind estimate at sigma 25, +0.248 dB over denoising at sigma against +0.235 for four
+64 x 64 crops, 1/8 of the image, and +0.251 for eight, 1/4: spread counts more than area), at the levels of the fixed ladder (:data:`~gmdm_cli.denoisers.LADDER_LEVELS`,
+whose tables are kept between images) around ``sigma``, and the least is refined by a parabola in ``log lam``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .denoisers import LADDER_LEVELS
-from .model import PatchGMDM, image_responses, patch_counts, patch_sum, time_from_sigma
+from .model import PatchGMDM, image_responses, image_shape, patch_counts, patch_sum, time_from_sigma
 from .tables import expert_table
 
 SURE_CROP = 32  # side of the crops the risk is measured on
@@ -82,6 +86,8 @@ def sure_level(model: PatchGMDM, image: torch.Tensor, sigma: float) -> float:
     (a number, [0, 1] scale): the risks of the :data:`~gmdm_cli.denoisers.LADDER_LEVELS` around ``sigma`` on
     (:func:`crops`; the three nearest to start, one more at a time while the least is at an end, within :data:`SURE_RANGE`),
     the least refined by the parabola in ``log lam`` through it and its two neighbours."""
+    b = model.patch_size
+    image_shape(image.shape, b, f"the {b}x{b} patches of the model")
     ladder = LADDER_LEVELS.tolist()
     low, high = sigma / SURE_RANGE, sigma * SURE_RANGE
     usable = [k for k, level in enumerate(ladder) if low <= level <= high]

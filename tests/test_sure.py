@@ -120,6 +120,9 @@ def test_sure_levels_of_a_colour_image_keep_a_channel_map_and_choose_the_single_
     for k in (0, 1):
         assert np.all(levels[..., k] == levels[0, 0, k])
         assert levels[0, 0, k] == sure_level(model, torch.as_tensor(noisy[..., k], dtype=torch.float32), sigma[0, 0, k])
+    # a channel that holds one level is denoised with that level's table (as a gray image), not the ladder
+    denoised = gmdm_cli.denoise(noisy, sigma=levels, model=model)
+    assert np.array_equal(denoised[..., 0], gmdm_cli.denoise(noisy[..., 0], sigma=levels[0, 0, 0], model=model))
     with pytest.raises(ValueError, match="SURE chooses the level of EB-PA"):
         sure_levels(model, noisy, 0.05, method="hqs")
     with pytest.raises(ValueError, match="SURE chooses the level of EB-PA"):
@@ -142,3 +145,8 @@ def test_denoise_cli_sure_option(tmp_path, camera):
                                    "--sure", "--method", "hqs"])
     assert bad.exit_code == 2 and "--sure goes with --method ebpa" in bad.output
     assert not (tmp_path / "e.npy").exists()
+    np.save(tmp_path / "tiny.npy", camera[:5, :5])  # smaller than a patch: the same one line as without --sure
+    tiny = CliRunner().invoke(cli, ["denoise", str(tmp_path / "tiny.npy"), "-o", str(tmp_path / "f.npy"), "--sigma",
+                                    "10", "--sure"])
+    assert tiny.exit_code == 1 and "smaller than the 7x7 patches" in tiny.output and "Traceback" not in tiny.output
+    assert not (tmp_path / "f.npy").exists()
