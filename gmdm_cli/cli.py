@@ -519,6 +519,8 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
     if output_dir is not None:
         _output_folder(output_dir)
     model = _load_model(model_name, _device(device))
+    if sure and model.kind != "patch":
+        raise click.UsageError("--sure goes with a patch model (7x7, 15x15 or a patch checkpoint)")
     to_stdout = str(output) == "-"
     extension = f".{output_format}" if output_format else ".png"
 

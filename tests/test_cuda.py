@@ -90,3 +90,14 @@ def test_posterior_samples_agree(noisy):
     drawn = [posterior_samples_array(model, noisy, 0.1, 4, seed=1) for model in (cpu, cuda)]
     assert abs(drawn[0].mean() - drawn[1].mean()) < 1e-3
     assert abs(drawn[0].std(0).mean() - drawn[1].std(0).mean()) < 0.1 * drawn[0].std(0).mean()
+
+
+def test_sure_level_agrees(noisy):
+    """SURE's risks on the GPU match the CPU's: the same level within 1 % (a near tie of two ladder levels may refine
+    the least from the other side)."""
+    from gmdm_cli.sure import sure_level
+
+    levels = [sure_level(load_model("7x7", device=device), torch.as_tensor(noisy, dtype=torch.float32), 0.1)
+              for device in ("cpu", "cuda")]
+    assert abs(levels[1] - levels[0]) <= 1e-2 * levels[0]
+

@@ -145,6 +145,9 @@ def test_denoise_cli_sure_option(tmp_path, camera):
                                    "--sure", "--method", "hqs"])
     assert bad.exit_code == 2 and "--sure goes with --method ebpa" in bad.output
     assert not (tmp_path / "e.npy").exists()
+    conv = CliRunner().invoke(cli, ["denoise", str(tmp_path / "a.npy"), "-o", str(tmp_path / "e.npy"), "--sigma", "10",
+                                    "--sure", "--model", "conv"])
+    assert conv.exit_code == 2 and "--sure goes with a patch model" in conv.output
     np.save(tmp_path / "tiny.npy", camera[:5, :5])  # smaller than a patch: the same one line as without --sure
     tiny = CliRunner().invoke(cli, ["denoise", str(tmp_path / "tiny.npy"), "-o", str(tmp_path / "f.npy"), "--sigma",
                                     "10", "--sure"])
