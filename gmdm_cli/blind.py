@@ -51,6 +51,7 @@ NLF_BINS = 16  # intensity bins of the noise-level function's fit
 NEEDED_GAINS = {"nlf": (0.02, 5e-5), "map": (0.15, 1e-3)}
 SPREAD_LIMIT = 1.4  # typical local level over the global one above which the noise is not one level
 TEXTURE_RATIO = 3.0  # what texture adds to all experts' local level over what it adds to the quiet ones'
+TABLE_ALIGNMENT = 4  # all experts' table of the levels the texture correction reads: ends at multiples of this
 MAP_FLOOR = 0.9  # texture-corrected local levels stay above this times the global (quietest regions') level
 
 
@@ -135,7 +136,11 @@ def all_expert_levels(model, sites: SiteEnergies, quiet: torch.Tensor, ratio: fl
     ``ratio^(1/2)`` times the highest (beyond, the correction with that ``ratio`` is at its floor), and one more
     at either end for the refinement. A window's mean energy falls and then rises with the level, so the argmin
     over these is the argmin over all kept within them, which corrects alike (the same maps to 1e-12 on five
-    scikit-image images with four kinds of noise), at half the cost or less."""
+    scikit-image images with four kinds of noise), at half the cost or less. The other experts' energies come from
+    a table of those levels (its ends at multiples of :data:`TABLE_ALIGNMENT`): its grid is set by the lowest of them,
+    not by the ladder's bottom, so that a first call builds it in about half the time (481 x 321 camera with
+    signal-dependent noise, 2 threads: the estimate after the site energies 0.73-0.75 s, was 1.41-1.45 s), with the
+    same maps within 2e-7 (on the [0, 1] scale; five scikit-image images, three kinds of noise)."""
     levels = sites.levels
     low, high = (torch.tensor(value, dtype=levels.dtype, device=levels.device)
                  for value in (float(quiet.min()), ratio**0.5 * float(quiet.max())))
@@ -144,7 +149,12 @@ def all_expert_levels(model, sites: SiteEnergies, quiet: torch.Tensor, ratio: fl
     others = [j for j in range(model.num_filters) if j not in sites.experts]
     energies = sites.energies[part]
     if others:  # else the sites' energies are all experts' already
-        energies = energies + summed_energies(model, sites.responses, levels, others, part)
+        # a table of the levels around these only (its grid set by the lowest of them), ends at multiples of
+        # TABLE_ALIGNMENT levels so that the next images' tables are mostly the same
+        table = slice(part.start // TABLE_ALIGNMENT * TABLE_ALIGNMENT,
+                      min(-(-part.stop // TABLE_ALIGNMENT) * TABLE_ALIGNMENT, len(levels)))
+        within = slice(part.start - table.start, part.stop - table.start)
+        energies = energies + summed_energies(model, sites.responses, levels[table], others, within)
     return local_levels(sites, MAP_RADIUS, energies, part)
 
 

@@ -169,3 +169,22 @@ def test_estimate_noise_cli_reports_the_noise_model_and_the_nlf(tmp_path, camera
     usage = CliRunner().invoke(cli, ["denoise", str(tmp_path / "a.npy"), "-o", str(tmp_path / "b.npy"), "--sigma",
                                      "10", "--noise-model", "nlf"])
     assert usage.exit_code == 2 and "--noise-model goes with --blind" in usage.output
+
+
+def test_all_experts_levels_from_a_table_of_the_levels_needed_match_the_whole_ladders(model, monkeypatch):
+    """The texture correction reads the other experts' energies from a table of the levels it needs (a coarser grid
+    than the whole ladder's, whose bottom sets it): the same local levels as from the whole ladder's table, within
+    the tables' interpolation."""
+    from gmdm_cli import blind
+
+    from skimage import data
+
+    clean = data.astronaut()[:128, :128].mean(-1) / 255.0
+    noisy = _noisy(clean, np.sqrt(0.01 * clean + 0.0004), 8)
+    sites = image_sites(model, torch.as_tensor(noisy, dtype=torch.float32))
+    quiet = local_levels(sites, MAP_RADIUS)
+    found = blind.all_expert_levels(model, sites, quiet)
+    monkeypatch.setattr(blind, "TABLE_ALIGNMENT", 10**6)  # a table of the whole ladder, as before
+    whole = blind.all_expert_levels(model, sites, quiet)
+    assert len(sites.levels) > 30 and float(quiet.min()) > 3 * float(sites.levels[0])  # the tables differ
+    assert torch.allclose(found, whole, rtol=2e-4)  # the tables' interpolation, ~1e-4 nats
