@@ -552,8 +552,9 @@ def denoise(inputs, output, output_dir, output_format, sigma, blind, noise_model
         how, noise = _noise_used(sigma, None if sigma is not None else done.sigma, done.estimates)
         if done.levels is not None:
             chosen = _sure_levels_record(done.levels)
-            shown_levels = "/".join("map" if value is None else f"{value:.2f}" for value in chosen)
-            how, noise["sure_level"] = f"{how}, SURE level {shown_levels}", chosen[0] if len(chosen) == 1 else chosen
+            noise["sure_level"] = chosen[0] if len(chosen) == 1 else chosen
+            if any(value is not None for value in chosen):  # else every channel kept its map
+                how += ", SURE level " + "/".join("map" if value is None else f"{value:.2f}" for value in chosen)
         fields.update(noise)
         return ({"output": str(target), "method": method, "model": model_name, "seconds": round(seconds, 3), **fields},
                 f"{shown(path)} -> {shown(target)} ({method}, {how}, {seconds:.2f} s)")

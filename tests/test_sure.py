@@ -141,6 +141,12 @@ def test_denoise_cli_sure_option(tmp_path, camera):
     assert "sure_level" not in json.loads(plain.output.strip().splitlines()[-1])
     blind = CliRunner().invoke(cli, ["denoise", str(tmp_path / "a.npy"), "-o", str(tmp_path / "d.npy"), "--blind"])
     assert blind.exit_code == 0 and "SURE level" in blind.output
+    ramp = _noisy(camera, np.linspace(0.01, 0.2, camera.shape[1])[None, :], 8)  # a map: no SURE level to show
+    np.save(tmp_path / "ramp.npy", ramp)
+    mapped = CliRunner().invoke(cli, ["denoise", str(tmp_path / "ramp.npy"), "-o", str(tmp_path / "g.npy"), "--blind",
+                                      "--json"])
+    record = json.loads(mapped.output.strip().splitlines()[-1])
+    assert record["noise_model"] == "map" and record["sure_level"] is None
     bad = CliRunner().invoke(cli, ["denoise", str(tmp_path / "a.npy"), "-o", str(tmp_path / "e.npy"), "--sigma", "10",
                                    "--sure", "--method", "hqs"])
     assert bad.exit_code == 2 and "--sure goes with --method ebpa" in bad.output
