@@ -133,6 +133,12 @@ def table(records: list[dict], method: str) -> list[str]:
     return lines
 
 
+def _eight_bit(clean: np.ndarray, sigma: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` with seeded noise of level ``sigma`` (0-255), as it is and clipped to [0, 1] and rounded to 8 bits."""
+    noisy = clean + sigma / 255 * np.random.default_rng(seed).standard_normal(clean.shape)
+    return noisy, np.round(255 * np.clip(noisy, 0, 1)) / 255
+
+
 def clipped(model, images: list[np.ndarray], seed: int) -> list[str]:
     from skimage.restoration import estimate_sigma
 
@@ -140,8 +146,7 @@ def clipped(model, images: list[np.ndarray], seed: int) -> list[str]:
     for sigma in CLIPPED_SIGMAS:
         errors = defaultdict(list)
         for index, clean in enumerate(images):
-            noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            eight_bit = np.round(255 * np.clip(noisy, 0, 1)) / 255
+            noisy, eight_bit = _eight_bit(clean, sigma, seed + index)
             errors["clipped"].append(abs(255 * estimate_noise(model, eight_bit)[0] - sigma))
             errors["skimage"].append(abs(255 * float(estimate_sigma(eight_bit)) - sigma))
             errors["unclipped"].append(abs(255 * estimate_noise(model, noisy)[0] - sigma))
@@ -157,8 +162,7 @@ def clipped_sure(model, images: list[np.ndarray], seed: int) -> list[str]:
     for sigma in CLIPPED_SIGMAS:
         gains = []
         for index, clean in enumerate(images):
-            noisy = clean + sigma / 255 * np.random.default_rng(seed + index).standard_normal(clean.shape)
-            eight_bit = np.round(255 * np.clip(noisy, 0, 1)) / 255
+            eight_bit = _eight_bit(clean, sigma, seed + index)[1]
             gains.append(psnr(gmdm_cli.denoise(eight_bit, blind=True, model=model), clean)
                          - psnr(gmdm_cli.denoise(eight_bit, blind=True, model=model, sure=False), clean))
         lines.append(f"| {sigma} | {np.mean(gains):+.3f} | {min(gains):+.3f} | {max(gains):+.3f} |")

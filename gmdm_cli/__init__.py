@@ -145,13 +145,11 @@ def denoise(image, sigma=None, method="ebpa", model="7x7", blind=False, boundary
         sigma, estimates = blind_levels(model, image, noise_model)
     elif np.ndim(sigma) == 0:
         sigma = float(sigma)
-    if sure is None:
-        sure = blind and method == "ebpa" and model.kind == "patch" and colour == "rgb"
-    levels = None
-    if sure:
-        from .sure import sure_levels
+    from .sure import applies, sure_levels
 
-        levels = sure_levels(model, image, sigma, method, colour)
+    if sure is None:
+        sure = blind and applies(model, method, colour)
+    levels = sure_levels(model, image, sigma, method, colour) if sure else None
     result = denoise_array(model, image, sigma if levels is None else levels, method, boundary, tile, colour,
                            iterations, return_std)
     result, std = result if return_std else (result, None)

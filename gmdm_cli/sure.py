@@ -64,22 +64,33 @@ def crops(image: torch.Tensor) -> torch.Tensor:
                         for row, column in cells])[:, None]
 
 
-def stein_risks(model: PatchGMDM, images: torch.Tensor, sigma: float, levels) -> list[float]:
+def risk_terms(model: PatchGMDM, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`stein_risks` reads at every level, computed once for ``images`` ``(N, 1, H, W)``: the responses,
+    the counts ``C`` and the divergence's weights ``w_ij = sum_o k_j[o]^2 / C_(i+o)`` (the squared filters correlated
+    with ``1 / C``, ``(1, J, h, w)``)."""
+    counts = patch_counts(model, images)
+    return image_responses(model, images), counts, F.conv2d(1 / counts, model.kernels().detach() ** 2)
+
+
+def stein_risks(model: PatchGMDM, images: torch.Tensor, sigma: float, levels, terms=None) -> list[float]:
     """SURE of EB-PA (``boundary="valid"``) at each of ``levels`` of ``images`` ``(N, 1, H, W)`` with noise of
     level ``sigma``, less the terms that do not depend on the level (``2 v N - N v``): ``||c||^2 + 2 v sum_p
-    (div D - 1)``, summed over the images. The divergence's sum ``lam^2 sum_i sum_j h_ij w_ij`` weighs each
-    curvature by ``w_ij = sum_o k_j[o]^2 / C_(i+o)`` (the squared filters correlated with ``1 / C``, once for all
-    levels); the corrections of all levels are put back in place in one batch."""
-    variance = sigma**2
-    responses, counts = image_responses(model, images), patch_counts(model, images)
-    weights = F.conv2d(1 / counts, model.kernels().detach() ** 2)  # (1, J, h, w)
+    (div D - 1)``, summed over the images. The divergence's sum is ``lam^2 sum_i sum_j h_ij w_ij``
+    (:func:`risk_terms`; ``terms``: those of ``images`` when already computed); the corrections of all levels are
+    put back in place in one batch."""
+    responses, counts, weights = risk_terms(model, images) if terms is None else terms
     scores, divergences = [], []
     for level in levels:
         score, curvature = expert_table(model, float(time_from_sigma(level))).score_and_curvature(responses)
         scores.append(score.mul_(level**2))
         divergences.append(level**2 * float((curvature * weights).sum()))
     corrections = patch_sum(model, torch.cat(scores)).div_(counts).view(len(levels), -1)
-    return [float(c.square().sum()) + 2 * variance * d for c, d in zip(corrections, divergences)]
+    return [float(c.square().sum()) + 2 * sigma**2 * d for c, d in zip(corrections, divergences)]
+
+
+def applies(model, method: str, colour: str) -> bool:
+    """Whether SURE can choose the level: EB-PA of a patch model, in R, G, B."""
+    return method == "ebpa" and isinstance(model, PatchGMDM) and colour == "rgb"
 
 
 def sure_level(model: PatchGMDM, image: torch.Tensor, sigma: float) -> float:
@@ -98,13 +109,14 @@ def sure_level(model: PatchGMDM, image: torch.Tensor, sigma: float) -> float:
     start = [k for k in range(nearest - 1, nearest + 2) if k in usable]
     with torch.no_grad():
         images = crops(image.to(model.filters.dtype).to(model.filters.device))
-        risks = dict(zip(start, stein_risks(model, images, sigma, [ladder[k] for k in start])))
+        terms = risk_terms(model, images)
+        risks = dict(zip(start, stein_risks(model, images, sigma, [ladder[k] for k in start], terms)))
         while True:
             best = min(risks, key=risks.get)
             step = -1 if best == min(risks) else 1 if best == max(risks) else 0
             if step == 0 or best + step not in usable:
                 break
-            risks[best + step] = stein_risks(model, images, sigma, [ladder[best + step]])[0]
+            risks[best + step] = stein_risks(model, images, sigma, [ladder[best + step]], terms)[0]
     if best - 1 not in risks or best + 1 not in risks:  # the least at the range's end
         return ladder[best]
     x = [math.log(ladder[k]) for k in (best - 1, best, best + 1)]
@@ -124,7 +136,7 @@ def sure_levels(model, image, sigma, method: str = "ebpa", colour: str = "rgb"):
     from .denoisers import channel_inputs, channel_maps
     from .image_io import split_alpha
 
-    if method != "ebpa" or not isinstance(model, PatchGMDM) or colour != "rgb":
+    if not applies(model, method, colour):
         raise ValueError("SURE chooses the level of EB-PA with a patch model, in R, G, B")
     channels, levels, gray, _ = channel_inputs(model, image, sigma, colour)
     chosen = [sure_level(model, channel, level) if isinstance(level, float) else level
