@@ -22,7 +22,10 @@ image, so the estimate's error costs little (``benchmarks/results/blind.md``). S
 given: one level's SURE on noise that varies loses up to 1.2 dB. The risk is measured on :func:`crops` (one
 32 x 32 crop per 16 crops' area, spread over the image: at 481 x 321, 9 crops, about 0.3 EB-PA passes; on 24
 BSDS400 images with the blind estimate at sigma 25, +0.248 dB over denoising at sigma against +0.235 for four
-64 x 64 crops, 1/8 of the image, and +0.251 for eight, 1/4: spread counts more than area), at the levels of the
+64 x 64 crops, 1/8 of the image, and +0.251 for eight, 1/4: spread counts more than area; but at least nine: on
+128 x 128 crops of 20 BSDS400 images with four, single images lost up to 1.4 dB at sigma 15-25, with nine up to
+0.41, +0.38 to +0.44 dB on average at sigma 5-25; a search range of 1.4x, 1.6x or 2x either way within 0.006 dB
+on 20 whole images), at the levels of the
 fixed ladder (:data:`~gmdm_cli.denoisers.LADDER_LEVELS`, whose tables are kept between images) around ``sigma``,
 and the least is refined by a parabola in ``log lam``. Clipped 8-bit files break its Gaussian noise (on average
 it still gains, but at sigma 50 single images lose up to 0.9 dB; counting only the unclipped pixels was worse)."""
@@ -41,7 +44,7 @@ from .tables import expert_table
 
 SURE_CROP = 32  # side of the crops the risk is measured on
 SURE_CROPS = 64  # at most this many crops
-SURE_FEWEST = 4  # at least this many (or every crop of a small image)
+SURE_FEWEST = 9  # at least this many (or every crop of a small image): ~9000 pixels
 SURE_SHARE = 16  # about one crop per this many crops' area of the image
 SURE_RANGE = 1.6  # the level searched within this factor of sigma either way
 
