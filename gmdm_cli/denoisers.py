@@ -132,16 +132,19 @@ _ladders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the last fe
 
 
 def ladder_terms(ladder: list[LadderScores], z: torch.Tensor, sigma: torch.Tensor,
-                 curvatures: bool = False) -> tuple[torch.Tensor, ...]:
+                 curvatures: bool = False, on_rungs: bool = False) -> tuple[torch.Tensor, ...]:
     """The corrections ``sigma_i^2 dlog psi_j(z_ij, t_i)`` of responses ``z`` ``(J, P)`` of patches at levels
     ``sigma`` ``(P,)`` (and with ``curvatures`` ``sigma_i^2 d^2 log psi_j``), from ``ladder`` (:func:`ladder_scores`):
     each interpolated linearly in ``log sigma`` between the two levels around the patch's own (levels 7.5 % apart:
     relative error ~1e-3, far below the noise; ``tests/test_denoisers.py`` checks it against the exact mixtures),
     both read from one :class:`~gmdm_cli.tables.LadderScores`. Where the patches need several of the ladder's
-    tables, they are grouped by table (sorted once)."""
+    tables, they are grouped by table (sorted once). ``on_rungs``: every level is one of the ladder's
+    (:func:`rung_times`), read there alone (half the reads)."""
     levels = LADDER_LEVELS.to(sigma.device)
     lower, fraction = ladder_position(levels, sigma.double())
-    lower = lower.clamp(ladder[0].first, ladder[-1].first + ladder[-1].count - 2)  # within the tables
+    if on_rungs:  # the nearest rung: the levels are rungs up to rounding
+        lower, fraction = lower + (fraction > 0.5), None
+    lower = lower.clamp(ladder[0].first, ladder[-1].first + ladder[-1].count - 2 + on_rungs)  # within the tables
     tables = ladder
     if len(ladder) > 1:
         starts = torch.tensor([table.first for table in ladder[1:]], device=lower.device)
@@ -152,13 +155,15 @@ def ladder_terms(ladder: list[LadderScores], z: torch.Tensor, sigma: torch.Tenso
         results = tables[0].corrections(z, lower - tables[0].first, fraction, curvatures)
         return results if curvatures else (results,)
     order = torch.argsort(which)
-    grouped, lower, fraction = z.index_select(1, order), lower[order], fraction[order]
+    grouped, lower = z.index_select(1, order), lower[order]
+    fraction = None if on_rungs else fraction[order]
     results = [torch.empty_like(grouped) for _ in range(1 + curvatures)]
     begin = 0
     for table, count in zip(tables, torch.bincount(which, minlength=len(tables)).tolist()):
         part = slice(begin, begin + count)
         if count:
-            found = table.corrections(grouped[:, part], lower[part] - table.first, fraction[part], curvatures)
+            found = table.corrections(grouped[:, part], lower[part] - table.first,
+                                      None if on_rungs else fraction[part], curvatures)
             for result, value in zip(results, found if curvatures else (found,)):
                 result[:, part] = value
         begin += count
@@ -166,14 +171,30 @@ def ladder_terms(ladder: list[LadderScores], z: torch.Tensor, sigma: torch.Tenso
 
 
 def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, ladder: list[LadderScores],
-                       curvatures: bool = False) -> tuple[torch.Tensor, ...]:
+                       curvatures: bool = False, on_rungs: bool = False) -> tuple[torch.Tensor, ...]:
     """:func:`ladder_terms` of every patch of ``batch`` at its time ``t`` ``(N, 1, h, w)``: the per-patch Tweedie
     corrections ``2 t_i dlog psi_j(<k_j, P_i y>, t_i)`` ``(N, J, h, w)`` (and with ``curvatures`` ``2 t_i
-    d^2 log psi_j``)."""
+    d^2 log psi_j``); ``on_rungs``: times of :func:`rung_times`."""
     z = image_responses(model, batch)  # (N, J, h, w)
     sigma = (2 * t).clamp_min(0).sqrt().expand(z.shape[0], 1, *z.shape[2:]).reshape(-1)
-    terms = ladder_terms(ladder, z.movedim(1, 0).reshape(z.shape[1], -1), sigma, curvatures)
+    terms = ladder_terms(ladder, z.movedim(1, 0).reshape(z.shape[1], -1), sigma, curvatures, on_rungs)
     return tuple(term.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1) for term in terms)
+
+
+DITHER = torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=torch.float64).add_(0.5) / 16
+
+
+def rung_times(t: torch.Tensor) -> torch.Tensor:
+    """Per-patch times ``t`` ``(N, 1, h, w)`` moved to a rung of :data:`LADDER_LEVELS` either side of their level
+    (in ``log sigma``), the upper one where the fraction of the way to it exceeds the patch's threshold of a 4 x 4
+    ordered-dither pattern (:data:`DITHER`, thresholds ``(m + 1/2) / 16``) laid over the patch positions: every
+    4 x 4 block of patches at one level puts the share of its patches on the upper rung that the fraction says
+    (to 1/16), so that a pixel's average over the ``b^2`` patches that cover it matches the interpolation between
+    the rungs, while each patch reads one rung's tables (half the reads of interpolating it)."""
+    lower, fraction = ladder_position(LADDER_LEVELS.to(t.device), (2 * t).clamp_min(0).sqrt().double())
+    rows, columns = t.shape[-2:]
+    thresholds = DITHER.to(t.device).repeat(-(-rows // 4), -(-columns // 4))[:rows, :columns]
+    return (LADDER_LEVELS.to(t.device)[lower + (fraction > thresholds)] ** 2 / 2).to(t.dtype)
 
 
 def precision_weights(model: PatchGMDM, curvatures: torch.Tensor, t: torch.Tensor, power: float) -> torch.Tensor:
@@ -213,9 +234,10 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
     if weighting and t.dim() > 0:
         raise ValueError("precision weighting takes one time t, not one per patch")
     tile = automatic_tile(model.num_filters, b - 1) if tile is None else tile
-    # a map's tables, for every tile, built before the workers share them
-    if ladder is None and t.dim() > 0 and not exact:
-        ladder = ladder_scores(model, t.to(device))
+    if t.dim() > 0 and not exact:  # a map: on the ladder's rungs, dithered in the image's own patch positions
+        t = rung_times(t)
+        if ladder is None:  # its tables, for every tile, built before the workers share them
+            ladder = ladder_scores(model, t.to(device))
 
     def block_sum(x: torch.Tensor, times: torch.Tensor, table: ExpertTable | None, block) -> tuple[int, torch.Tensor]:
         """The patch sums of a block of strips ``(N, 1, rows, W)``; weighted: ``(N, 2, rows, W)``, those of the
@@ -236,7 +258,7 @@ def tweedie_average(model: PatchGMDM, images: torch.Tensor, t, exact: bool = Fal
             else:
                 strip_times = times[..., top:bottom, :x.shape[-1] - b + 1]
                 scores = (_patch_scores(model, strip, strip_times, None).mul_(2 * strip_times) if exact
-                          else ladder_corrections(model, strip, strip_times, ladder)[0])
+                          else ladder_corrections(model, strip, strip_times, ladder, on_rungs=True)[0])
             summed[:, :1, rows] += patch_sum(model, scores)
         return first, summed
 

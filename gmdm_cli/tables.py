@@ -270,11 +270,12 @@ class LadderScores:
         counts = grid_counts(model.gamma + margin * deviations[:, 1], resolution * deviations[:, 0])
         return int(counts.sum()) * len(levels)
 
-    def corrections(self, z: torch.Tensor, level: torch.Tensor, fraction: torch.Tensor,
+    def corrections(self, z: torch.Tensor, level: torch.Tensor, fraction: torch.Tensor | None,
                     curvatures: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(1 - f) c_jk(z) + f c_j(k+1)(z)`` of responses ``z`` ``(J, P)`` of patches between the levels ``k =
         level`` ``(P,)`` (``0 <= k <= K - 2``) and ``k + 1``, a fraction ``f = fraction`` ``(P,)`` of the way;
-        with ``curvatures`` (a table built with them) also ``sigma^2 d^2/dz^2 log psi_j`` interpolated alike."""
+        ``fraction=None``: ``c_jk(z)``, each patch on its level ``k`` (``0 <= k <= K - 1``; half the reads). With
+        ``curvatures`` (a table built with them) also ``sigma^2 d^2/dz^2 log psi_j`` interpolated alike."""
         z = z.detach()
         # the position on the grid, kept within it (the last cell's far end 1e-5 of a cell short; exact off it)
         position = torch.addcmul(self.shift, z, self.inverse).clamp_min_(0)
@@ -282,25 +283,25 @@ class LadderScores:
         left = position.to(self.base.dtype)
         step = position.frac_().view(-1)
         rows = [left.add_(self.base).addcmul_(level.to(self.base.dtype)[None], self.row)]  # level k's row, then k + 1's
-        rows = [row.view(-1) for row in rows + [rows[0] + self.row]]
-        fraction = fraction.to(z.dtype)
+        rows = [row.view(-1) for row in rows + ([] if fraction is None else [rows[0] + self.row])]
 
-        def read(values: torch.Tensor) -> torch.Tensor:  # linear in z at levels k and k + 1, then between them
-            below, above = (torch.lerp(values.index_select(0, row), values[1:].index_select(0, row), step)
-                            for row in rows)
-            return torch.lerp(below.view(z.shape), above.view(z.shape), fraction)
+        def read(values: torch.Tensor) -> torch.Tensor:  # linear in z at levels k (and k + 1, then between them)
+            found = [torch.lerp(values.index_select(0, row), values[1:].index_select(0, row), step).view(z.shape)
+                     for row in rows]
+            return found[0] if fraction is None else torch.lerp(*found, fraction.to(z.dtype))
 
         results = [read(self.values)] + ([read(self.curvatures)] if curvatures else [])
         reach = self.reach[:, None]
         if bool(((z.amin(1, keepdim=True) < -reach) | (z.amax(1, keepdim=True) > reach)).any()):
             experts, patches = torch.nonzero(z.abs() > reach, as_tuple=True)
             k = level[patches].to(experts.device)
+            shifts = (0,) if fraction is None else (0, 1)
             ends = [exact_values(self.log_weights, self.means, z[experts, patches], experts,
-                                 self.variances[experts, k + shift], derivatives=curvatures)
-                    for shift in (0, 1)]
+                                 self.variances[experts, k + shift], derivatives=curvatures) for shift in shifts]
             for which, result in enumerate(results):
-                scaled = [end[1 + which] * self.levels[k + shift] ** 2 for shift, end in enumerate(ends)]
-                result[experts, patches] = torch.lerp(*scaled, fraction[patches].double()).to(result.dtype)
+                scaled = [end[1 + which] * self.levels[k + shift] ** 2 for shift, end in zip(shifts, ends)]
+                result[experts, patches] = (scaled[0] if fraction is None else
+                                            torch.lerp(*scaled, fraction[patches].double())).to(result.dtype)
         return tuple(results) if curvatures else results[0]
 
 
