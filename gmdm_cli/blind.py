@@ -184,13 +184,19 @@ def fit_nlf(sites: SiteEnergies, local: torch.Tensor, likelihood: IntensityBins 
     if means.numel() < 2 * bins:
         sigma = float(levels.median()) if levels.numel() else float(local.median())
         return (0.0, sigma**2), []
-    edges = torch.quantile(means, torch.linspace(0, 1, bins + 1, dtype=means.dtype))
-    which = torch.bucketize(means, edges[1:-1])
-    curve = []
-    for k in range(bins):
-        chosen = which == k
-        if int(chosen.sum()) > 0:
-            curve.append((float(means[chosen].mean()), float(levels[chosen].median()), int(chosen.sum())))
+    ordered = means.sort().values  # the quantiles' edges, linear between order statistics (torch.quantile's)
+    position = torch.linspace(0, 1, bins + 1, dtype=means.dtype)[1:-1] * (len(ordered) - 1)
+    below = position.long()
+    edges = torch.lerp(ordered[below], ordered[(below + 1).clamp_max(len(ordered) - 1)], position - below)
+    which = torch.bucketize(means, edges)
+    counts = torch.bincount(which, minlength=bins)
+    intensity = means.new_zeros(bins).index_add_(0, which, means) / counts.clamp_min(1)
+    # each bin's lower median: its levels sorted within it (the bin, then the level, in one key), the middle one
+    key = which.double() * 2 + levels.double() / (float(levels.max()) * (1 + 1e-9) + 1e-300)
+    ends = torch.cumsum(counts, 0)
+    middle = levels[key.argsort()][(ends - counts + (counts - 1) // 2).clamp_min(0)]
+    kept = counts > 0
+    curve = list(zip(intensity[kept].tolist(), middle[kept].tolist(), counts[kept].tolist()))
     x, s, n = (np.array(v, dtype=np.float64) for v in zip(*curve))
     a, b = _nonnegative_line(x, s**2, n)
     a, b = _refine_nlf(intensity_bins(sites, sites.valid) if likelihood is None else likelihood, a, b)

@@ -62,20 +62,27 @@ def test_strips_of_rows_equal_one_piece_in_float64(monkeypatch):
     assert rows_seen == [28, 28, 1, 1, 4, 4, 5, 5, 27, 27]
 
 
-def test_site_inputs_of_every_other_patch_in_strips_of_any_height(monkeypatch):
+def test_site_inputs_of_every_other_patch_in_blocks_of_any_height(monkeypatch):
     """site_inputs with a step: the responses of the patches in rows and columns that are multiples of it, by
-    strided convolutions of strips of any height (a strip may hold no such row), as the full responses sliced."""
+    strided convolutions of blocks of rows of any size (a multiple of the step, the last one shorter), as the full
+    responses sliced; each block's rows of patch positions given to the function."""
+    from gmdm_cli import model as gmdm_model_module
     from gmdm_cli.model import image_responses
 
     model = random_model(patch_size=3, num_components=21, seed=67)
-    image = torch.rand(1, 1, 30, 20, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
+    image = torch.rand(2, 1, 30, 20, generator=torch.Generator().manual_seed(68), dtype=torch.float64)
     with torch.no_grad():
         full = image_responses(model, image)
         for step in (2, 3):
-            for rows in (1, 4, 5, 27):
-                monkeypatch.setattr(gmdm_tiling, "strip_rows", lambda *a, rows=rows: rows)
-                found = torch.cat(model.site_inputs(image, lambda top, bottom, z: z, step), 2)
+            columns = (20 - 3) // step + 1
+            for values in (1, 2 * 2 * columns * model.num_filters, 5 * 2 * columns * model.num_filters, 1 << 23):
+                monkeypatch.setattr(gmdm_model_module, "SITE_BLOCK_VALUES", values)
+                spans = []
+                found = torch.cat(model.site_inputs(image, lambda top, bottom, z: spans.append((top, bottom)) or z,
+                                                    step), 2)
                 assert torch.allclose(found, full[..., ::step, ::step], atol=1e-13, rtol=0)
+                assert spans[0][0] == 0 and spans[-1][1] == 28 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+                assert all(top % step == 0 for top, _ in spans)
 
 
 def test_blocks_of_strips_on_worker_threads_equal_one_thread(monkeypatch):
