@@ -188,3 +188,29 @@ def test_all_experts_levels_from_a_table_of_the_levels_needed_match_the_whole_la
     whole = blind.all_expert_levels(model, sites, quiet)
     assert len(sites.levels) > 30 and float(quiet.min()) > 3 * float(sites.levels[0])  # the tables differ
     assert torch.allclose(found, whole, rtol=2e-4)  # the tables' interpolation, ~1e-4 nats
+
+
+def test_texture_correction_from_every_second_site_of_the_other_experts(model):
+    """The other experts' energies are read at every second site in each direction, each standing for its 2 x 2
+    block in the windows' sums (whose every site the quiet experts read): on signal-dependent noise the
+    all-experts local levels stay within 3 % at the median of reading every site (another sample of the same
+    windows: 1.5-2 % on three scikit-image crops), and blind EB-PA with the corrected map within 0.05 dB.
+    (Reading them at every site with the other experts' table of the whole ladder: a second, slower table.)"""
+    from skimage import data
+
+    from gmdm_cli import blind, sites as gmdm_sites
+    from gmdm_cli.denoisers import denoise_array, psnr
+
+    for clean in (data.camera()[100:292, 100:292] / 255.0,):
+        noisy = _noisy(clean, np.sqrt(0.01 * clean + 0.0004), 21)
+        sites = image_sites(model, torch.as_tensor(noisy, dtype=torch.float32))
+        quiet = local_levels(sites, MAP_RADIUS)
+        found = blind.all_expert_levels(model, sites, quiet)
+        others = [j for j in range(model.num_filters) if j not in sites.experts]
+        every = sites.energies + gmdm_sites.summed_energies(model, sites.responses, sites.levels, others)
+        everywhere = local_levels(sites, MAP_RADIUS, every)
+        assert 0 < float((found / everywhere - 1).abs().median()) < 0.03
+        denoised = [denoise_array(model, noisy, blind.pixel_levels(
+                        model, sites, blind.texture_corrected(quiet, everything, MAP_FLOOR * float(quiet.min()))).numpy())
+                    for everything in (found, everywhere)]
+        assert abs(psnr(denoised[0], clean) - psnr(denoised[1], clean)) < 0.05
