@@ -349,7 +349,8 @@ def main(argv=None) -> int:
     for device in devices:
         ratio = lambda method: ratios[method, device]  # noqa: E731
         show(f"- {device}, 7x7, 481x321, medians against one pass of the same method at one sigma on the same image, "
-             f"timed in turn in one process: blind EB-PA {ratio('blind-ebpa'):.1f}x, blind HQS {ratio('blind-hqs'):.1f}x, "
+             f"timed in turn in one process: blind EB-PA {ratio('blind-ebpa'):.1f}x, "
+             f"blind HQS {ratio('blind-hqs'):.1f}x, "
              f"estimate-noise {ratio('estimate'):.1f}x EB-PA, with --map {ratio('estimate-map'):.1f}x EB-PA "
              f"(issue 26 asks <= 3x, <= 2x); blind EB-PA of signal-dependent noise (its own noise-level function and "
              f"levels per pixel) {ratio('blind-ebpa-sd'):.1f}x, blind HQS of it {ratio('blind-hqs-sd'):.1f}x")

@@ -137,7 +137,8 @@ def ladder_terms(ladder: list[LadderScores], z: torch.Tensor, sigma: torch.Tenso
     ``sigma`` ``(P,)`` (and with ``curvatures`` ``sigma_i^2 d^2 log psi_j``), from ``ladder`` (:func:`ladder_scores`):
     each interpolated linearly in ``log sigma`` between the two levels around the patch's own (levels 7.5 % apart:
     relative error ~1e-3, far below the noise; ``tests/test_denoisers.py`` checks it against the exact mixtures),
-    both read from one :class:`~gmdm_cli.tables.LadderScores`. Where the patches need several of the ladder's
+    both read from one :class:`~gmdm_cli.tables.LadderScores` (what the posterior's moments read; EB-PA and HQS
+    put each patch on a rung first, :func:`rung_times`). Where the patches need several of the ladder's
     tables, they are grouped by table (sorted once). ``on_rungs``: every level is one of the ladder's
     (:func:`rung_times`), read there alone (half the reads)."""
     levels = LADDER_LEVELS.to(sigma.device)
@@ -181,7 +182,9 @@ def ladder_corrections(model: PatchGMDM, batch: torch.Tensor, t: torch.Tensor, l
     return tuple(term.view(z.shape[1], z.shape[0], *z.shape[2:]).movedim(0, 1) for term in terms)
 
 
-DITHER = torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=torch.float64).add_(0.5) / 16
+DITHER = torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]],
+                      dtype=torch.float64).add_(0.5) / 16
+"""The thresholds of :func:`rung_times`: a 4 x 4 Bayer matrix, ``(m + 1/2) / 16``."""
 
 
 def rung_times(t: torch.Tensor) -> torch.Tensor:

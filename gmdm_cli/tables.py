@@ -218,14 +218,16 @@ class LadderScores:
     (one per level, level-major) lie one after another. A response of a patch between levels ``k`` and ``k + 1``
     is read from the four values around it (two grid points, two levels): linear in the response (error
     ``resolution^2 / 8`` relative to the scale of the lowest level's score, less at the higher ones), then linear
-    in ``log sigma`` between the levels. Its position on the grid is found once for both levels, and there is no
+    in ``log sigma`` between the levels; a patch on a rung (:func:`~gmdm_cli.denoisers.rung_times`, what EB-PA
+    and HQS read) from the two of its level. Its position on the grid is found once for both levels, and there is no
     lookup per level: the cost of a noise map is that of one table. Level-major because a map's levels vary
     slowly over the image: the patches of a strip read two rows of each expert (tens of kB) rather than a strip
     of every row's values (481 x 321 image with signal-dependent noise, 25 levels, one thread: the reads 30-40 %
-    faster than point-major, where the four values were 2 of every row's ``K``). The values come from the exact mixtures on a coarse
-    grid per level (spacing ``exact_resolution sigma_j(t_k)``, values and derivatives), resampled by cubic
-    Hermite interpolation. Responses beyond the reach (rare) are evaluated exactly. ``first``: where ``levels``
-    begin on the ladder they are part of (several tables may share one, :func:`~gmdm_cli.denoisers.ladder_scores`)."""
+    faster than point-major, where the four values were 2 of every row's ``K``). The values come from the exact
+    mixtures on a coarse grid per level (spacing ``exact_resolution sigma_j(t_k)``, values and derivatives),
+    resampled by cubic Hermite interpolation. Responses beyond the reach (rare) are evaluated exactly. ``first``:
+    where ``levels`` begin on the ladder they are part of (several tables may share one,
+    :func:`~gmdm_cli.denoisers.ladder_scores`)."""
 
     def __init__(self, model: GMDM, levels: torch.Tensor, first: int = 0, curvatures: bool = False,
                  resolution: float = SCORE_RESOLUTION, margin: float = 10.0, exact_resolution: float = 0.25):
@@ -362,7 +364,7 @@ LADDER_RESOLUTION = 0.5  # a LadderTable's spacing over its expert's standard de
 EXACT_LADDER_RESOLUTION = 0.25  # the spacing of each level's exact values over its own deviation
 
 
-ENERGY_CHUNK = 1 << 18  # responses per chunk of :meth:`LadderTable.energies`
+ENERGY_CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}  # responses per chunk of :meth:`LadderTable.energies`, by device
 
 
 class LadderTable:
@@ -412,10 +414,11 @@ class LadderTable:
         """``sum_j -log psi_j(z_j, t_k)`` of responses ``z`` ``(J, ...)`` (this table's experts in order) at every
         level (those of ``part`` of them; the cost goes with their number): ``(K, ...)`` in the table's dtype.
 
-        Read in chunks of about :data:`ENERGY_CHUNK` responses: each chunk's positions, Hermite weights and the
-        indices of its four rows (four times the responses) are a few MB that the next chunk reuses, where the
-        whole image's at once were tens of MB of fresh memory for every call, whose first touch cost more than the
-        arithmetic (481 x 321 image, 40 experts at 24 levels, 2 threads: 36-46 ms at once, 16-22 ms in chunks)."""
+        Read in chunks of about :data:`ENERGY_CHUNK` responses (on the CPU 2^18): each chunk's positions, Hermite
+        weights and the indices of its four rows (four times the responses) are a few MB that the next chunk reuses,
+        where the whole image's at once were tens of MB of fresh memory for every call, whose first touch cost more
+        than the arithmetic (481 x 321 image, 40 experts at 24 levels, 2 threads: 36-46 ms at once, 16-22 ms in
+        chunks); on a GPU larger chunks keep the kernels few."""
         shape, count = z.shape[1:], z.shape[0]
         responses = z.reshape(count, -1).T.to(self.rows.dtype)  # (M, J)
         reach, spacing = (value.to(responses.dtype) for value in (self.reach, self.spacing))
@@ -425,7 +428,7 @@ class LadderTable:
         table = self.rows if part == slice(None) else self.rows[:, part].contiguous()
         inverse = (1 / self.variances[:, part]).to(responses.dtype)  # (J, K): the tails' curvatures
         summed = responses.new_empty(len(responses), table.shape[1])  # (M, K)
-        size = max(1, ENERGY_CHUNK // max(count, 1))
+        size = max(1, ENERGY_CHUNK.get(z.device.type, ENERGY_CHUNK["cpu"]) // max(count, 1))
         for first in range(0, len(responses), size):
             flat = responses[first:first + size].contiguous()
             position = flat.clamp(-reach, reach).add_(reach).div_(spacing)

@@ -210,7 +210,8 @@ def test_texture_correction_from_every_second_site_of_the_other_experts(model):
         every = sites.energies + gmdm_sites.summed_energies(model, sites.responses, sites.levels, others)
         everywhere = local_levels(sites, MAP_RADIUS, every)
         assert 0 < float((found / everywhere - 1).abs().median()) < 0.03
+        floor = MAP_FLOOR * float(quiet.min())
         denoised = [denoise_array(model, noisy, blind.pixel_levels(
-                        model, sites, blind.texture_corrected(quiet, everything, MAP_FLOOR * float(quiet.min()))).numpy())
+                        model, sites, blind.texture_corrected(quiet, everything, floor)).numpy())
                     for everything in (found, everywhere)]
         assert abs(psnr(denoised[0], clean) - psnr(denoised[1], clean)) < 0.05

@@ -91,7 +91,8 @@ def _map_case(smooth: bool):
     else:
         sigma = torch.exp(torch.empty(1, 1, 34, 30, dtype=torch.float64).uniform_(-5, -1, generator=generator))
         sigma[..., :4, :] = 0.1  # a rung of the ladder
-    noise = F.pad(sigma, (3, 3, 3, 3), mode="replicate") * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    noise = F.pad(sigma, (3, 3, 3, 3), mode="replicate") * torch.randn(clean.shape, generator=generator,
+                                                                       dtype=torch.float64)
     return clean + noise, sigma
 
 
@@ -133,7 +134,8 @@ def test_map_passes_put_every_patch_on_a_rung_by_ordered_dithering():
     noisy, sigma = _map_case(smooth=False)
     rungs = (2 * rung_times(sigma**2 / 2)).sqrt()
     lower, _ = ladder_position(LADDER_LEVELS, sigma)
-    assert bool(((rungs >= LADDER_LEVELS[lower] * (1 - 1e-12)) & (rungs <= LADDER_LEVELS[lower + 1] * (1 + 1e-12))).all())
+    assert bool(((rungs >= LADDER_LEVELS[lower] * (1 - 1e-12))
+                 & (rungs <= LADDER_LEVELS[lower + 1] * (1 + 1e-12))).all())
     assert torch.allclose((2 * rung_times(rungs**2 / 2)).sqrt(), rungs, rtol=1e-12)  # on the rungs: kept
 
     model = load_model("7x7", dtype=torch.float64)
