@@ -192,19 +192,24 @@ def fit_nlf(sites: SiteEnergies, local: torch.Tensor, likelihood: IntensityBins 
     if means.numel() < 2 * bins:
         sigma = float(levels.median()) if levels.numel() else float(local.median())
         return (0.0, sigma**2), []
-    ordered = means.sort().values  # the quantiles' edges, linear between order statistics (torch.quantile's)
-    position = torch.linspace(0, 1, bins + 1, dtype=means.dtype)[1:-1] * (len(ordered) - 1)
-    below = position.long()
-    edges = torch.lerp(ordered[below], ordered[(below + 1).clamp_max(len(ordered) - 1)], position - below)
-    which = torch.bucketize(means, edges)
-    counts = torch.bincount(which, minlength=bins)
-    intensity = means.new_zeros(bins).index_add_(0, which, means) / counts.clamp_min(1)
-    # each bin's lower median: its levels sorted within it (the bin, then the level, in one key), the middle one
-    key = which.double() * 2 + levels.double() / (float(levels.max()) * (1 + 1e-9) + 1e-300)
-    ends = torch.cumsum(counts, 0)
-    middle = levels[key.argsort()][(ends - counts + (counts - 1) // 2).clamp_min(0)]
-    kept = counts > 0
-    curve = list(zip(intensity[kept].tolist(), middle[kept].tolist(), counts[kept].tolist()))
+    values, levels = means.double().cpu().numpy(), levels.double().cpu().numpy()
+    # the quantiles' edges, linear between order statistics (torch.quantile's), by selection instead of a sort
+    position = np.linspace(0, 1, bins + 1)[1:-1] * (len(values) - 1)
+    below = position.astype(np.int64)
+    above = np.minimum(below + 1, len(values) - 1)
+    ordered = np.partition(values, np.unique(np.concatenate([below, above])))
+    edges = ordered[below] + (position - below) * (ordered[above] - ordered[below])
+    which = np.searchsorted(edges, values, side="left")  # boundaries[i-1] < x <= boundaries[i]
+    counts = np.bincount(which, minlength=bins)
+    intensity = np.bincount(which, weights=values, minlength=bins) / np.maximum(counts, 1)
+    grouped = levels[np.argsort(which, kind="stable")]  # each bin's levels together
+    curve, start = [], 0
+    for k, count in enumerate(counts.tolist()):
+        if count:  # the bin's lower median (torch.median's)
+            middle = (count - 1) // 2
+            curve.append((float(intensity[k]), float(np.partition(grouped[start:start + count], middle)[middle]),
+                          count))
+        start += count
     x, s, n = (np.array(v, dtype=np.float64) for v in zip(*curve))
     a, b = _nonnegative_line(x, s**2, n)
     a, b = _refine_nlf(intensity_bins(sites, sites.valid) if likelihood is None else likelihood, a, b)
