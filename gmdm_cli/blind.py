@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .choices import NOISE_MODELS
-from .denoisers import ladder_position
+from .denoisers import aligned_span, ladder_position
 from .image_io import split_alpha
 from .noise import image_sites
 from .sites import SiteEnergies, local_levels, sites_to_pixels, summed_energies
@@ -156,8 +156,7 @@ def all_expert_levels(model, sites: SiteEnergies, quiet: torch.Tensor, ratio: fl
     if others:  # else the sites' energies are all experts' already
         # a table of the levels around these only (its grid set by the lowest of them), ends at multiples of
         # TABLE_ALIGNMENT levels so that the next images' tables are mostly the same
-        table = slice(part.start // TABLE_ALIGNMENT * TABLE_ALIGNMENT,
-                      min(-(-part.stop // TABLE_ALIGNMENT) * TABLE_ALIGNMENT, len(levels)))
+        table = slice(*aligned_span(part.start, part.stop, TABLE_ALIGNMENT, len(levels)))
         within = slice(part.start - table.start, part.stop - table.start)
         # of every second site in each direction, each standing for its 2 x 2 block of sites
         coarse = summed_energies(model, sites.responses[..., ::2, ::2], levels[table], others, within)

@@ -1137,10 +1137,11 @@ def _sure_levels_record(levels) -> list:
     """The level (0-255) that SURE chose for each channel of a gray or colour image, None for one with a map."""
     import numpy as np
 
+    from .denoisers import single_level
+
     values = np.asarray(levels)
     channels = [values] if values.ndim < 3 else [values[..., k] for k in range(values.shape[-1])]
-    return [round(255 * float(channel.flat[0]), 3) if bool((channel == channel.flat[0]).all()) else None
-            for channel in channels]
+    return [None if level is None else round(255 * level, 3) for level in map(single_level, channels)]
 
 
 def _noise_used(sigma, levels, estimates) -> tuple[str, dict]:

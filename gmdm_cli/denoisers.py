@@ -89,6 +89,12 @@ def ladder_position(levels: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Te
 LADDER_ALIGNMENT = 4  # a map's ladder begins and ends at a multiple of this many levels (30 % in sigma)
 
 
+def aligned_span(start: int, end: int, alignment: int, limit: int) -> tuple[int, int]:
+    """``start`` down and ``end`` up to multiples of ``alignment``, ``end`` at most ``limit``: the ends of a cached
+    table of levels, so that the next images, whose levels differ a little, find the same table."""
+    return start // alignment * alignment, min(-(-end // alignment) * alignment, limit)
+
+
 def ladder_scores(model: PatchGMDM, t: torch.Tensor, curvatures: bool = False) -> list[LadderScores]:
     """The :class:`~gmdm_cli.tables.LadderScores` of the :data:`LADDER_LEVELS` that the times ``t`` need
     (``first``: the index of each one's lowest level; the next begins at the last level of one, so that every
@@ -111,8 +117,7 @@ def ladder_scores(model: PatchGMDM, t: torch.Tensor, curvatures: bool = False) -
                 and first - start <= LADDER_ALIGNMENT and end - last <= LADDER_ALIGNMENT):
             ladders.move_to_end(key)
             return ladders[key]
-    first = first // LADDER_ALIGNMENT * LADDER_ALIGNMENT
-    last = min(-(-last // LADDER_ALIGNMENT) * LADDER_ALIGNMENT, len(LADDER_LEVELS) - 1)
+    first, last = aligned_span(first, last, LADDER_ALIGNMENT, len(LADDER_LEVELS) - 1)
     element = model.logits.element_size()
     parts = 1
     while True:  # equal parts of the levels, as few as fit
@@ -577,10 +582,17 @@ def channel_inputs(model: GMDM, image, sigma, colour: str):
     return [torch.as_tensor(channels[..., k], dtype=dtype) for k in range(len(gains))], levels, gray, alpha
 
 
+def single_level(levels) -> float | None:
+    """The one level a map (an array) holds when all its values are equal, else None."""
+    levels = np.asarray(levels)
+    first = float(levels.flat[0])
+    return first if bool((levels == first).all()) else None
+
+
 def _channel_level(levels, dtype):
     """A channel's map ``(H, W)`` as a tensor, or as one number when it holds one level (one table, not a ladder)."""
-    first = float(levels.flat[0])
-    return first if (levels == first).all() else torch.as_tensor(levels, dtype=dtype)
+    level = single_level(levels)
+    return torch.as_tensor(levels, dtype=dtype) if level is None else level
 
 
 def _assembled(parts, gray: bool, colour: str, alpha, return_std: bool):
