@@ -38,6 +38,7 @@ from gmdm_cli.image_io import read_image, to_gray
 from gmdm_cli.model import expert_curvature, expert_score, image_patch_energy, time_from_sigma
 from gmdm_cli.restoration import SCHEDULES, Mask, restore_channel
 from gmdm_cli.training import find_images, spread
+from restore import degrade  # the benchmark's own mask (half of the pixels at random, seed + image index)
 
 PROBES = ("end", "oracle", "map", "ensemble", "kriging", "sampling", "15x15")
 
@@ -161,11 +162,11 @@ def main() -> int:
     totals: dict[str, list[float]] = {}
     generator = torch.Generator().manual_seed(args.seed)
     for index, path in enumerate(spread(find_images([args.data]), args.images)):
-        clean = to_gray(read_image(path)[0])[:args.crop, :args.crop]
-        known_array = np.random.default_rng(args.seed + index).random(clean.shape) >= 0.5
-        y = torch.as_tensor(clean * known_array, dtype=torch.float32)
-        known = torch.as_tensor(known_array, dtype=torch.float32)
-        runs = {"biharmonic": lambda: inpaint_biharmonic(clean * known_array, ~known_array),
+        clean, observed, forward = degrade("mask", to_gray(read_image(path)[0])[:args.crop, :args.crop],
+                                           np.random.default_rng(args.seed + index))
+        y = torch.as_tensor(observed, dtype=torch.float32)
+        known = torch.as_tensor(forward["mask"], dtype=torch.float32)
+        runs = {"biharmonic": lambda: inpaint_biharmonic(observed, ~forward["mask"]),
                 "shipped": lambda: shipped(model, y, known)}
         if "end" in probes:
             for end in (1, 2, 4):

@@ -284,8 +284,8 @@ class LadderScores:
         position = torch.minimum(position, self.high_end, out=position)  # (clamp with tensor bounds is 5x slower)
         left = position.to(self.base.dtype)
         step = position.frac_().view(-1)
-        rows = [left.add_(self.base).addcmul_(level.to(self.base.dtype)[None], self.row)]  # level k's row, then k + 1's
-        rows = [row.view(-1) for row in rows + ([] if fraction is None else [rows[0] + self.row])]
+        row = left.add_(self.base).addcmul_(level.to(self.base.dtype)[None], self.row)  # level k's row (J, P)
+        rows = [part.view(-1) for part in ([row] if fraction is None else [row, row + self.row])]  # and k + 1's
 
         def read(values: torch.Tensor) -> torch.Tensor:  # linear in z at levels k (and k + 1, then between them)
             found = [torch.lerp(values.index_select(0, row), values[1:].index_select(0, row), step).view(z.shape)
